@@ -1,0 +1,57 @@
+# One environment for the whole tree: `make demo` and `make test` set everything up first.
+SHELL := /bin/bash
+PYTHON_BOOT ?= $(shell command -v python3.11 || command -v python3)
+VENV := .venv
+PY := $(VENV)/bin/python
+UV := build/tools/bin/uv
+UV_VERSION := 0.13.9
+DEMO_MODELS := build/demo-models
+
+.PHONY: setup system demo test lint format bench bench-toxic eval-toxic deploy clean
+
+setup: $(VENV)/.synced system $(DEMO_MODELS)/env.json
+
+# uv installs exactly the locked versions; unlike pip it never picks a machine's local torch
+# wheel, whose build breaks torchvision.ops.
+$(UV):
+	$(PYTHON_BOOT) -m pip install --quiet --disable-pip-version-check --target build/tools "uv==$(UV_VERSION)"
+
+$(VENV)/.synced: pyproject.toml uv.lock | $(UV)
+	$(UV) sync --frozen --python $(PYTHON_BOOT)
+	@touch $@
+
+system:
+	@bash scripts/setup_system.sh
+
+$(DEMO_MODELS)/env.json: scripts/build_demo_models.py $(VENV)/.synced
+	$(PY) -m scripts.build_demo_models $(DEMO_MODELS)
+
+demo: setup
+	$(PY) -m scripts.demo
+
+test: setup
+	$(PY) -m pytest $(PYTEST_ARGS)
+
+lint: $(VENV)/.synced
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+
+format: $(VENV)/.synced
+	$(VENV)/bin/ruff check --fix .
+	$(VENV)/bin/ruff format .
+
+eval-toxic: setup
+	cd spaces/toxic-classifier && ../../$(PY) evaluate.py data/eval.jsonl $(EVAL_ARGS)
+
+bench-toxic: setup
+	$(PY) -m benchmarks.toxic_classifier.bench $(BENCH_ARGS)
+
+bench: bench-toxic
+
+# make deploy SPACE=toxic-classifier [DEPLOY_ARGS=--dry-run]
+deploy: $(VENV)/.synced system
+	@test -n "$(SPACE)" || { echo "usage: make deploy SPACE=<name> [DEPLOY_ARGS=...]"; exit 2; }
+	bash scripts/deploy_space.sh $(SPACE) $(DEPLOY_ARGS)
+
+clean:
+	rm -rf build .pytest_cache .ruff_cache

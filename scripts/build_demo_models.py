@@ -1,0 +1,245 @@
+"""Build the offline demo models: tiny models of the real architectures, saved like Hub models.
+
+The Hub cannot be reached from tests, CI or the demo, so every Space runs on small models built
+here, deterministically, in the same formats as the production checkpoints (config.json,
+model.safetensors, tokenizer files). The Spaces load them through the exact code path that loads
+Hub models. Each folder carries ``demo_weights.json`` so a Space can say it runs demo weights.
+
+Usage:
+    python scripts/build_demo_models.py OUT_DIR [--force]
+
+Writes ``OUT_DIR/<model>/`` for each model and ``OUT_DIR/env.json``: for each Space, the
+environment variables that point it at its demo models.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import logging
+import shutil
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+logger = logging.getLogger("build_demo_models")
+
+# Any change to this file rebuilds the models instead of reusing stale folders.
+BUILD_VERSION = hashlib.sha256(Path(__file__).read_bytes()).hexdigest()[:16]
+SEED = 0
+
+ARABIC_LETTERS = [chr(c) for c in range(0x0621, 0x064B)] + ["ى", "ة", "ـ"]
+ARABIC_DIGITS = [chr(c) for c in range(0x0660, 0x066A)]
+ARABIC_PUNCT = ["،", "؛", "؟", "«", "»"]
+PLACEHOLDERS = ["[رابط]", "[بريد]", "[مستخدم]"]
+# Whole words so that common Arabic text is not all single letters; order fixes the ids.
+ARABIC_WORDS = (
+    "في من على إلى عن مع هذا هذه ذلك التي الذي كان يكون قال لا لم لن ما هل أنا أنت انت هو هي نحن "
+    "هم الله والله يا شكرا مرحبا السلام عليكم جميل رائع حلو زين تمام أحب احب أكره اكره غبي حمار "
+    "كلب حقير تافه قذر اخرس اسكت اقتل أقتل سأقتلك موت تموت يختفي الشخص شخص الناس الكلام الخبر "
+    "اليوم بكرة امس الحين وش شو ايش ليش ليه عشان علشان بدي ابغى عايز"
+).split()
+
+
+def _marker(out: Path, architecture: str, note: str) -> None:
+    (out / "demo_weights.json").write_text(
+        json.dumps(
+            {
+                "demo": True,
+                "architecture": architecture,
+                "note": note,
+                "built_by": "scripts/build_demo_models.py",
+                "build_version": BUILD_VERSION,
+            },
+            ensure_ascii=False,
+            indent=2,
+        )
+        + "\n",
+        encoding="utf-8",
+    )
+
+
+def build_arabert_tiny(out: Path) -> None:
+    """A BERT sequence classifier (AraBERT architecture) with an Arabic WordPiece vocabulary.
+
+    Labels are the generic ``LABEL_0``/``LABEL_1`` the production checkpoint uses, with a
+    ``label_map.json`` beside the model saying which is which.
+    """
+    import torch
+    from transformers import BertConfig, BertForSequenceClassification, BertTokenizer
+
+    specials = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
+    latin = [chr(c) for c in range(ord("a"), ord("z") + 1)] + [str(d) for d in range(10)]
+    punct = list("!\"#$%&'()*+,-./:;<=>?@[\\]^_`{|}~")
+    singles = ARABIC_LETTERS + ARABIC_DIGITS + ARABIC_PUNCT + latin + punct
+    pieces = [f"##{c}" for c in ARABIC_LETTERS + latin]
+    vocab = list(dict.fromkeys(specials + ARABIC_WORDS + singles + pieces))
+    tokenizer = BertTokenizer(
+        vocab={token: i for i, token in enumerate(vocab)},
+        do_lower_case=False,
+        tokenize_chinese_chars=False,
+        strip_accents=False,
+    )
+    # AraBERT's preprocessing placeholders are whole tokens, never split into letters.
+    tokenizer.add_tokens(PLACEHOLDERS)
+    tokenizer.model_max_length = 512
+    tokenizer.save_pretrained(out)
+
+    torch.manual_seed(SEED)
+    config = BertConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=64,
+        max_position_embeddings=512,
+        num_labels=2,
+        id2label={0: "LABEL_0", 1: "LABEL_1"},
+        label2id={"LABEL_0": 0, "LABEL_1": 1},
+    )
+    model = BertForSequenceClassification(config).eval()
+    model.save_pretrained(out, safe_serialization=True)
+    (out / "label_map.json").write_text(
+        json.dumps({"LABEL_0": "safe", "LABEL_1": "harmful"}, indent=2) + "\n", encoding="utf-8"
+    )
+    _marker(out, "BertForSequenceClassification", "random weights: verdicts are meaningless")
+
+
+_CORPUS = (
+    "The quick brown fox jumps over the lazy dog. Hello, how can I help you today? "
+    "Our company builds tools for developers. Plan the steps, then reason about each one. "
+    'JSON: {"name": "Ada", "age": 36, "tags": ["a", "b"], "ok": true, "score": 0.5, "x": null} '
+    "مرحبا بك، كيف يمكنني مساعدتك اليوم؟ 0123456789 "
+)
+
+
+def build_mistral_tiny(out: Path) -> None:
+    """A Mistral-architecture causal LM with a byte-level BPE tokenizer and a chat template."""
+    import torch
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import MistralConfig, MistralForCausalLM, PreTrainedTokenizerFast
+
+    specials = ["<unk>", "<s>", "</s>", "[INST]", "[/INST]"]
+    bpe = Tokenizer(models.BPE(unk_token="<unk>", byte_fallback=False))
+    bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    bpe.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=1024,
+        special_tokens=specials,
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    bpe.train_from_iterator([_CORPUS] * 50, trainer=trainer)
+    chat_template = (
+        "{{ bos_token }}{% for message in messages %}"
+        "{% if message['role'] == 'system' %}{{ message['content'] + '\n\n' }}"
+        "{% elif message['role'] == 'user' %}{{ '[INST] ' + message['content'] + ' [/INST]' }}"
+        "{% else %}{{ message['content'] + eos_token }}{% endif %}{% endfor %}"
+    )
+    tokenizer = PreTrainedTokenizerFast(
+        tokenizer_object=bpe,
+        bos_token="<s>",
+        eos_token="</s>",
+        unk_token="<unk>",
+        pad_token="</s>",
+        model_max_length=2048,
+    )
+    tokenizer.chat_template = chat_template
+    tokenizer.save_pretrained(out)
+
+    torch.manual_seed(SEED)
+    config = MistralConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=2048,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+        tie_word_embeddings=False,
+    )
+    model = MistralForCausalLM(config).eval()
+    model.generation_config.pad_token_id = tokenizer.pad_token_id
+    model.save_pretrained(out, safe_serialization=True)
+    _marker(out, "MistralForCausalLM", "random weights: generated text is gibberish")
+
+
+# name -> (builder, the Spaces that use it)
+BUILDERS: dict[str, Callable[[Path], None]] = {
+    "arabert-tiny": build_arabert_tiny,
+    "mistral-tiny": build_mistral_tiny,
+}
+
+
+def space_env(root: Path) -> dict[str, dict[str, str]]:
+    """The environment variables that point each Space at its demo models."""
+    arabert = str(root / "arabert-tiny")
+    mistral = str(root / "mistral-tiny")
+    return {
+        "toxic-classifier": {"MODEL_ID": arabert},
+        "llm-tiers": {
+            "TIER_BASE_MODEL": mistral,
+            "TIER_COMPANY_MODEL": mistral,
+            "TIER_ABSTRACTION_MODEL": mistral,
+            "TIER_USER_MODEL": mistral,
+        },
+    }
+
+
+def _is_current(folder: Path) -> bool:
+    marker = folder / "demo_weights.json"
+    if not marker.is_file():
+        return False
+    return json.loads(marker.read_text(encoding="utf-8")).get("build_version") == BUILD_VERSION
+
+
+def build_all(root: Path, *, force: bool = False) -> dict[str, dict[str, str]]:
+    """Build every demo model under ``root`` (skipping current ones) and write ``env.json``.
+
+    Args:
+        root: Output directory.
+        force: Rebuild even when a folder is current.
+
+    Returns:
+        The per-Space environment written to ``env.json``.
+    """
+    root = root.resolve()
+    root.mkdir(parents=True, exist_ok=True)
+    for name, builder in BUILDERS.items():
+        folder = root / name
+        if not force and _is_current(folder):
+            logger.info("%s: up to date", name)
+            continue
+        start = time.perf_counter()
+        staging = root / f".{name}.tmp"
+        shutil.rmtree(staging, ignore_errors=True)
+        staging.mkdir()
+        builder(staging)
+        # Swap in whole so a half-built folder is never mistaken for a model.
+        shutil.rmtree(folder, ignore_errors=True)
+        staging.rename(folder)
+        logger.info("%s: built in %.1fs", name, time.perf_counter() - start)
+    env = space_env(root)
+    (root / "env.json").write_text(json.dumps(env, indent=2) + "\n", encoding="utf-8")
+    return env
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Command-line entry point."""
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("out_dir", type=Path, help="where to write the models and env.json")
+    parser.add_argument("--force", action="store_true", help="rebuild every model")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    build_all(args.out_dir, force=args.force)
+    print(args.out_dir.resolve() / "env.json")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

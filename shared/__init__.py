@@ -1,0 +1,1 @@
+"""Shared helpers vendored into every Space."""

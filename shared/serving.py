@@ -1,0 +1,290 @@
+"""Serving helpers: background model loading, ``/health``, ``/stats`` and the error boundary.
+
+Every Space is a FastAPI app with its Gradio UI mounted on it. The server starts at once and the
+model loads in a background thread: ``/health`` answers 503 until the model is ready (so a
+platform probe or a backend can wait for it) and 200 with the model id, revision, device and
+uptime afterwards. Bad input anywhere becomes a 4xx or a ``gr.Error`` with a message; nothing a
+client sends takes the server down.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import threading
+import time
+from collections import deque
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, field
+from typing import Any, Generic, ParamSpec, TypeVar
+
+from shared.errors import InputError, ModelLoadError
+
+logger = logging.getLogger(__name__)
+
+T = TypeVar("T")
+P = ParamSpec("P")
+R = TypeVar("R")
+
+
+class ModelNotReady(RuntimeError):
+    """The model is still loading (or failed to load); served as HTTP 503."""
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    """What ``/health`` reports about the loaded model."""
+
+    # Hub repo id or local path the model came from.
+    model_id: str
+    # Hub revision, or None for a local directory.
+    revision: str | None
+    # torch device the model runs on.
+    device: str
+    # Precision the model runs in.
+    dtype: str
+    # True when the weights are the offline demo weights, not a trained model.
+    demo: bool = False
+    # Anything else worth showing (max length, labels, threshold, ...).
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def ref(self) -> str:
+        """``id@revision`` as clients see it in responses."""
+        return f"{self.model_id}@{self.revision}" if self.revision else self.model_id
+
+
+def _percentile(sorted_values: list[float], q: float) -> float:
+    if not sorted_values:
+        return 0.0
+    index = min(len(sorted_values) - 1, max(0, round(q * (len(sorted_values) - 1))))
+    return sorted_values[index]
+
+
+class RequestStats:
+    """Thread-safe request counters and latency percentiles per endpoint.
+
+    Latencies are kept in a bounded window per endpoint, so percentiles describe recent traffic
+    and memory stays constant under load.
+    """
+
+    def __init__(self, window: int = 4096) -> None:
+        self._window = window
+        self._lock = threading.Lock()
+        self._count: dict[str, int] = {}
+        self._errors: dict[str, int] = {}
+        self._latencies: dict[str, deque[float]] = {}
+
+    def record(self, endpoint: str, seconds: float, *, ok: bool) -> None:
+        """Record one finished request."""
+        with self._lock:
+            self._count[endpoint] = self._count.get(endpoint, 0) + 1
+            if not ok:
+                self._errors[endpoint] = self._errors.get(endpoint, 0) + 1
+            self._latencies.setdefault(endpoint, deque(maxlen=self._window)).append(seconds)
+
+    @contextmanager
+    def track(self, endpoint: str) -> Iterator[None]:
+        """Time the body as one request to ``endpoint``; an exception counts as an error."""
+        start = time.perf_counter()
+        ok = False
+        try:
+            yield
+            ok = True
+        finally:
+            self.record(endpoint, time.perf_counter() - start, ok=ok)
+
+    def snapshot(self) -> dict[str, Any]:
+        """Counts, errors and latency percentiles (ms), per endpoint and in total."""
+        with self._lock:
+            per = {name: sorted(values) for name, values in self._latencies.items()}
+            counts, errors = dict(self._count), dict(self._errors)
+        everything = sorted(v for values in per.values() for v in values)
+
+        def summary(count: int, errs: int, lat: list[float]) -> dict[str, Any]:
+            return {
+                "count": count,
+                "errors": errs,
+                "latency_ms": {
+                    "p50": round(1000 * _percentile(lat, 0.50), 2),
+                    "p95": round(1000 * _percentile(lat, 0.95), 2),
+                    "p99": round(1000 * _percentile(lat, 0.99), 2),
+                    "max": round(1000 * (lat[-1] if lat else 0.0), 2),
+                },
+            }
+
+        return {
+            "total": summary(sum(counts.values()), sum(errors.values()), everything),
+            "endpoints": {
+                name: summary(counts[name], errors.get(name, 0), per[name]) for name in counts
+            },
+        }
+
+
+class Service(Generic[T]):
+    """A model that loads in the background, with its health and request statistics.
+
+    Args:
+        name: The Space's name, shown in ``/health``.
+        loader: Loads the model and describes it; runs once, in a background thread.
+    """
+
+    def __init__(self, name: str, loader: Callable[[], tuple[T, ModelInfo]]) -> None:
+        self.name = name
+        self.stats = RequestStats()
+        self._loader = loader
+        self._model: T | None = None
+        self._info: ModelInfo | None = None
+        self._error: str | None = None
+        self._started = time.monotonic()
+        self._load_seconds: float | None = None
+        self._ready = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def start_loading(self, *, background: bool = True) -> None:
+        """Start loading the model (once); ``background=False`` loads before returning."""
+        if self._thread is not None or self._ready.is_set():
+            return
+        if background:
+            self._thread = threading.Thread(
+                target=self._load, name=f"load-{self.name}", daemon=True
+            )
+            self._thread.start()
+        else:
+            self._load()
+
+    def _load(self) -> None:
+        start = time.monotonic()
+        try:
+            model, info = self._loader()
+        except Exception as e:
+            # A model that cannot load is reported on /health, not hidden in a dead thread.
+            self._error = str(e) if isinstance(e, ModelLoadError) else f"{type(e).__name__}: {e}"
+            logger.exception("loading the model for %s failed", self.name)
+        else:
+            self._model, self._info = model, info
+            self._load_seconds = time.monotonic() - start
+            logger.info("%s ready: %s on %s in %.1fs", self.name, info.ref, info.device,
+                        self._load_seconds)  # fmt: skip
+        finally:
+            self._ready.set()
+
+    def wait_ready(self, timeout: float | None = None) -> bool:
+        """Block until loading finished (successfully or not); False on timeout."""
+        return self._ready.wait(timeout)
+
+    @property
+    def ready(self) -> bool:
+        """True once the model is loaded and serving."""
+        return self._model is not None
+
+    @property
+    def model(self) -> T:
+        """The loaded model; raises :class:`ModelNotReady` while loading or after a failure."""
+        if self._model is None:
+            if self._error:
+                raise ModelNotReady(f"the model failed to load: {self._error}")
+            raise ModelNotReady("the model is still loading; retry in a few seconds")
+        return self._model
+
+    @property
+    def info(self) -> ModelInfo | None:
+        """The model's description once loaded."""
+        return self._info
+
+    def health(self) -> tuple[int, dict[str, Any]]:
+        """The ``/health`` status code and body."""
+        body: dict[str, Any] = {
+            "space": self.name,
+            "uptime_s": round(time.monotonic() - self._started, 1),
+        }
+        if self._info is not None:
+            body |= {"status": "ok", "load_s": round(self._load_seconds or 0.0, 2)}
+            body |= asdict(self._info)
+            return 200, body
+        if self._error is not None:
+            return 503, body | {"status": "error", "error": self._error}
+        return 503, body | {"status": "loading"}
+
+    def endpoint(self, name: str) -> Callable[[Callable[P, R]], Callable[P, R]]:
+        """Decorate a Gradio handler: count it in ``/stats`` and turn errors into ``gr.Error``.
+
+        ``InputError`` keeps its message; ``ModelNotReady`` says to retry; anything else is
+        logged with its traceback and answered with a short generic message, so the server keeps
+        serving.
+        """
+
+        def decorate(fn: Callable[P, R]) -> Callable[P, R]:
+            @functools.wraps(fn)
+            def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
+                import gradio as gr
+
+                with self.stats.track(name):
+                    try:
+                        return fn(*args, **kwargs)
+                    except gr.Error:
+                        raise
+                    except (InputError, ModelNotReady) as e:
+                        raise gr.Error(str(e)) from e
+                    except Exception as e:
+                        logger.exception("%s failed", name)
+                        raise gr.Error(f"internal error in {name}: {type(e).__name__}") from e
+
+            return wrapper
+
+        return decorate
+
+
+def install_routes(app: Any, service: Service[Any]) -> None:
+    """Add ``GET /health``, ``GET /stats`` and the JSON error boundary to a FastAPI app.
+
+    Args:
+        app: The FastAPI application (routes must be added before Gradio is mounted at "/").
+        service: The Space's service.
+    """
+    from fastapi import Request
+    from fastapi.exceptions import RequestValidationError
+    from fastapi.responses import JSONResponse
+
+    @app.get("/health", tags=["service"])
+    def health() -> JSONResponse:
+        code, body = service.health()
+        return JSONResponse(body, status_code=code)
+
+    @app.get("/stats", tags=["service"])
+    def stats() -> dict[str, Any]:
+        return {"space": service.name, "ready": service.ready, **service.stats.snapshot()}
+
+    @app.exception_handler(InputError)
+    async def input_error(_: Request, exc: InputError) -> JSONResponse:
+        return JSONResponse({"error": str(exc), "error_type": "validation"}, status_code=422)
+
+    @app.exception_handler(RequestValidationError)
+    async def body_error(_: Request, exc: RequestValidationError) -> JSONResponse:
+        return JSONResponse(
+            {"error": _describe_validation(exc), "error_type": "validation"}, status_code=422
+        )
+
+    @app.exception_handler(ModelNotReady)
+    async def not_ready(_: Request, exc: ModelNotReady) -> JSONResponse:
+        return JSONResponse(
+            {"error": str(exc), "error_type": "unavailable"},
+            status_code=503,
+            headers={"Retry-After": "5"},
+        )
+
+
+def _describe_validation(exc: Any) -> str:
+    parts = []
+    for err in exc.errors():
+        where = ".".join(str(p) for p in err.get("loc", ()) if p != "body") or "body"
+        parts.append(f"{where}: {err.get('msg', 'invalid')}")
+    return "; ".join(parts) or "invalid request body"
+
+
+def serve(app: Any, *, host: str, port: int) -> None:
+    """Run the app with uvicorn until interrupted."""
+    import uvicorn
+
+    uvicorn.run(app, host=host, port=port, log_level="info", timeout_graceful_shutdown=5)
