@@ -15,6 +15,7 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable, Iterator
+from concurrent.futures import Future
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from typing import Any, Generic, ParamSpec, TypeVar
@@ -234,6 +235,67 @@ class Service(Generic[T]):
             return wrapper
 
         return decorate
+
+
+class DynamicBatcher(Generic[T, R]):
+    """Run concurrent single requests through one batched function.
+
+    Callers block in :meth:`submit` from any thread; one worker thread takes whatever is queued
+    (up to ``max_batch_size``) and calls ``fn`` once for all of it. It never waits for a batch
+    to fill: a lone request runs at once, and requests that arrive while the model is busy
+    form the next batch, so latency at low load is unchanged and throughput grows with load.
+
+    Args:
+        fn: Maps a list of items to a list of results of the same length and order.
+        max_batch_size: Most items per call of ``fn``.
+        name: Thread name, for logs.
+    """
+
+    def __init__(
+        self, fn: Callable[[list[T]], list[R]], *, max_batch_size: int = 16, name: str = "batcher"
+    ) -> None:
+        import queue
+
+        self._fn = fn
+        self.max_batch_size = max_batch_size
+        self._queue: queue.SimpleQueue[tuple[T, Future[R]]] = queue.SimpleQueue()
+        self._worker = threading.Thread(target=self._run, name=name, daemon=True)
+        self._worker.start()
+
+    def submit(self, item: T, timeout: float | None = None) -> R:
+        """Queue one item and wait for its result (exceptions from ``fn`` are re-raised)."""
+        return self.submit_many([item], timeout)[0]
+
+    def submit_many(self, items: list[T], timeout: float | None = None) -> list[R]:
+        """Queue several items and wait for all their results, in order."""
+        futures: list[Future[R]] = []
+        for item in items:
+            future: Future[R] = Future()
+            self._queue.put((item, future))
+            futures.append(future)
+        return [f.result(timeout) for f in futures]
+
+    def _run(self) -> None:
+        import queue
+
+        while True:
+            batch = [self._queue.get()]
+            while len(batch) < self.max_batch_size:
+                try:
+                    batch.append(self._queue.get_nowait())
+                except queue.Empty:
+                    break
+            items = [item for item, _ in batch]
+            try:
+                results = self._fn(items)
+                if len(results) != len(items):
+                    raise RuntimeError(f"batch fn returned {len(results)} results for {len(items)}")
+            except Exception as e:
+                for _, future in batch:
+                    future.set_exception(e)
+            else:
+                for (_, future), result in zip(batch, results, strict=True):
+                    future.set_result(result)
 
 
 def install_routes(app: Any, service: Service[Any]) -> None:

@@ -1,0 +1,182 @@
+"""Serving helpers: background loading, /health, /stats, error boundary, dynamic batching."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import gradio as gr
+import pytest
+from fastapi import FastAPI
+from fastapi.testclient import TestClient
+from pydantic import BaseModel
+
+from shared.errors import InputError, ModelLoadError
+from shared.serving import (
+    DynamicBatcher,
+    ModelInfo,
+    ModelNotReady,
+    RequestStats,
+    Service,
+    install_routes,
+)
+
+INFO = ModelInfo(model_id="owner/model", revision="abc", device="cpu", dtype="float32")
+
+
+class Body(BaseModel):
+    text: str
+
+
+def make_app(service: Service) -> TestClient:
+    app = FastAPI()
+    install_routes(app, service)
+
+    @app.post("/echo")
+    def echo(body: Body) -> dict:
+        if not body.text:
+            raise InputError("text is empty")
+        return {"model": service.model, "text": body.text}
+
+    return TestClient(app)
+
+
+def test_health_is_503_while_loading_then_200():
+    release = threading.Event()
+
+    def loader():
+        release.wait(5)
+        return "the-model", INFO
+
+    service = Service("demo", loader)
+    client = make_app(service)
+    service.start_loading()
+    response = client.get("/health")
+    assert response.status_code == 503
+    assert response.json()["status"] == "loading"
+    blocked = client.post("/echo", json={"text": "hi"})
+    assert blocked.status_code == 503
+    assert blocked.headers["retry-after"] == "5"
+    release.set()
+    assert service.wait_ready(5)
+    body = client.get("/health").json()
+    assert body["status"] == "ok"
+    assert (body["model_id"], body["revision"], body["device"]) == ("owner/model", "abc", "cpu")
+    assert body["uptime_s"] >= 0
+    assert client.post("/echo", json={"text": "hi"}).json()["model"] == "the-model"
+
+
+def test_failed_load_is_reported_not_hidden():
+    def loader():
+        raise ModelLoadError("model.safetensors is a Git LFS pointer (134 bytes), not weights")
+
+    service = Service("demo", loader)
+    service.start_loading(background=False)
+    code, body = service.health()
+    assert code == 503
+    assert body["status"] == "error"
+    assert "Git LFS pointer" in body["error"]
+    with pytest.raises(ModelNotReady, match="failed to load: model.safetensors"):
+        _ = service.model
+
+
+def test_input_errors_are_422_with_message():
+    service = Service("demo", lambda: ("m", INFO))
+    service.start_loading(background=False)
+    client = make_app(service)
+    response = client.post("/echo", json={"text": ""})
+    assert response.status_code == 422
+    assert response.json() == {"error": "text is empty", "error_type": "validation"}
+    wrong_type = client.post("/echo", json={"text": 5})
+    assert wrong_type.status_code == 422
+    assert "text" in wrong_type.json()["error"]
+
+
+def test_stats_percentiles():
+    stats = RequestStats()
+    for ms in range(1, 101):
+        stats.record("predict", ms / 1000, ok=ms % 10 != 0)
+    snapshot = stats.snapshot()
+    predict = snapshot["endpoints"]["predict"]
+    assert (predict["count"], predict["errors"]) == (100, 10)
+    assert predict["latency_ms"]["p50"] == pytest.approx(50, abs=1)
+    assert predict["latency_ms"]["p95"] == pytest.approx(95, abs=1)
+    assert predict["latency_ms"]["max"] == 100
+    assert snapshot["total"]["count"] == 100
+
+
+def test_stats_track_counts_exceptions():
+    stats = RequestStats()
+    with stats.track("a"):
+        pass
+    with pytest.raises(ValueError), stats.track("a"):
+        raise ValueError
+    assert stats.snapshot()["endpoints"]["a"] == {
+        "count": 2,
+        "errors": 1,
+        "latency_ms": stats.snapshot()["endpoints"]["a"]["latency_ms"],
+    }
+
+
+def test_endpoint_decorator_turns_errors_into_gr_error():
+    service = Service("demo", lambda: ("m", INFO))
+
+    @service.endpoint("predict")
+    def predict(text: str) -> str:
+        if text == "bad":
+            raise InputError("text is bad")
+        if text == "boom":
+            raise KeyError("secret internals")
+        return service.model + text
+
+    with pytest.raises(gr.Error, match="still loading"):
+        predict("x")
+    service.start_loading(background=False)
+    assert predict("x") == "mx"
+    with pytest.raises(gr.Error, match="text is bad"):
+        predict("bad")
+    with pytest.raises(gr.Error, match="internal error in predict: KeyError") as err:
+        predict("boom")
+    assert "secret" not in str(err.value)
+    counts = service.stats.snapshot()["endpoints"]["predict"]
+    assert (counts["count"], counts["errors"]) == (4, 3)
+
+
+def test_batcher_groups_concurrent_requests_and_keeps_order():
+    calls: list[list[int]] = []
+    gate = threading.Event()
+
+    def fn(items: list[int]) -> list[int]:
+        gate.wait(5)
+        calls.append(items)
+        return [i * 10 for i in items]
+
+    batcher = DynamicBatcher(fn, max_batch_size=8)
+    results: dict[int, int] = {}
+
+    def call(i: int) -> None:
+        results[i] = batcher.submit(i)
+
+    threads = [threading.Thread(target=call, args=(i,)) for i in range(12)]
+    for t in threads:
+        t.start()
+    time.sleep(0.2)  # let every request queue up behind the first batch
+    gate.set()
+    for t in threads:
+        t.join(5)
+    assert results == {i: i * 10 for i in range(12)}
+    assert max(len(c) for c in calls) <= 8
+    assert len(calls) < 12  # requests were grouped
+    assert batcher.submit_many([1, 2, 3]) == [10, 20, 30]
+
+
+def test_batcher_propagates_errors_and_keeps_working():
+    def fn(items: list[int]) -> list[int]:
+        if 0 in items:
+            raise ZeroDivisionError("zero")
+        return [1 // i for i in items]
+
+    batcher = DynamicBatcher(fn)
+    with pytest.raises(ZeroDivisionError):
+        batcher.submit(0)
+    assert batcher.submit(1) == 1
