@@ -76,7 +76,7 @@ def test_failed_load_is_reported_not_hidden():
     assert code == 503
     assert body["status"] == "error"
     assert "Git LFS pointer" in body["error"]
-    with pytest.raises(ModelNotReady, match="failed to load: model.safetensors"):
+    with pytest.raises(ModelNotReady, match=r"failed to load: model\.safetensors"):
         _ = service.model
 
 
