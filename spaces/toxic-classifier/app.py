@@ -1,0 +1,256 @@
+"""Arabic toxicity classification Space: an AraBERT classifier behind a harmful/safe verdict.
+
+Endpoints: Gradio ``predict`` (one text -> one JSON verdict) and ``predict_batch`` (up to 64
+texts), ``POST /api/predict`` for REST backends (old Gradio ``{"data": [...]}`` shape and the
+Inference API ``{"inputs": ...}`` shape), ``GET /health`` and ``GET /stats``.
+
+Configuration (environment): ``MODEL_ID``, ``MODEL_REVISION``, ``HARMFUL_THRESHOLD``,
+``PRECISION`` (fp32|bf16|int8), ``HF_TOKEN``, ``PORT`` (7860), ``HOST`` (0.0.0.0); defaults in
+``config.yaml``.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from typing import Any
+
+import gradio as gr
+from fastapi import FastAPI
+from pydantic import BaseModel, ConfigDict, model_validator
+
+from classifier import CONFIG_PATH, ClassifierConfig, Prepared, ToxicityClassifier, Verdict
+from shared.errors import InputError
+from shared.serving import DynamicBatcher, ModelInfo, Service, install_routes, serve
+
+logger = logging.getLogger("toxic-classifier")
+
+EXAMPLES = [
+    "أكره هذا الشخص وأتمنى أن يختفي",
+    "انت غبي وما تفهم شي، اسكت احسن لك",
+    "والله لأكسر راسك إذا شفتك بكرة",
+    "شكرا جزيلا على المساعدة، الله يعطيك العافية",
+    "قال لي يا غبي فرديت عليه بهدوء وتركته",
+    "الخدمة بطيئة جدا والتطبيق مليء بالأخطاء، أتمنى أن تصلحوه",
+]
+
+
+def _env_float(name: str) -> float | None:
+    value = os.environ.get(name)
+    if value is None or value == "":
+        return None
+    try:
+        return float(value)
+    except ValueError as e:
+        raise SystemExit(f"{name} must be a number, got {value!r}") from e
+
+
+def load_config() -> ClassifierConfig:
+    """The Space config file with the environment's overrides applied."""
+    return ClassifierConfig.load(
+        CONFIG_PATH,
+        model_id=os.environ.get("MODEL_ID") or None,
+        revision=os.environ.get("MODEL_REVISION") or None,
+        threshold=_env_float("HARMFUL_THRESHOLD"),
+        precision=os.environ.get("PRECISION") or None,
+    )
+
+
+CONFIG = load_config()
+
+
+class Engine:
+    """The loaded classifier with its request batcher."""
+
+    def __init__(self, classifier: ToxicityClassifier) -> None:
+        self.classifier = classifier
+        self.batcher: DynamicBatcher[Prepared, Verdict] = DynamicBatcher(
+            self._run, max_batch_size=16, name="toxic-batcher"
+        )
+
+    def _run(self, prepared: list[Prepared]) -> list[Verdict]:
+        probs, truncated = self.classifier.forward(prepared)
+        return self.classifier.postprocess(probs, truncated)
+
+    def classify(self, texts: list[object]) -> list[Verdict]:
+        """Validate every text (InputError names the bad one), then batch them."""
+        return self.batcher.submit_many(self.classifier.preprocess_all(texts))
+
+
+def load_engine() -> tuple[Engine, ModelInfo]:
+    """Load the model (in the background, once) and describe it for /health."""
+    classifier = ToxicityClassifier.load(CONFIG, token=os.environ.get("HF_TOKEN") or None)
+    info = ModelInfo(
+        model_id=CONFIG.model_id,
+        revision=CONFIG.revision,
+        device="cpu",
+        dtype=CONFIG.precision,
+        demo=classifier.demo,
+        extra={
+            "threshold": CONFIG.threshold,
+            "labels": classifier.raw_labels,
+            "label_map": {
+                raw: classifier.mapper.canonical_of(raw) for raw in classifier.raw_labels
+            },
+            "max_length": classifier.max_length,
+            "max_chars": CONFIG.max_chars,
+            "max_batch": CONFIG.max_batch,
+        },
+    )
+    return Engine(classifier), info
+
+
+service: Service[Engine] = Service("toxic-classifier", load_engine)
+
+
+# -- Gradio endpoints ---------------------------------------------------------------------------
+
+
+@service.endpoint("predict")
+def predict(text: str) -> dict[str, Any]:
+    """Classify one text.
+
+    Args:
+        text: Arabic (or any) text, at most 20,000 characters.
+
+    Returns:
+        The verdict: label, score, scores, threshold, raw, truncated, model.
+    """
+    return service.model.classify([text])[0].to_json()
+
+
+@service.endpoint("predict_batch")
+def predict_batch(texts: list[str]) -> list[dict[str, Any]]:
+    """Classify up to 64 texts; the verdicts come back in the same order.
+
+    Args:
+        texts: A list of texts.
+
+    Returns:
+        One verdict object per text.
+    """
+    engine = service.model
+    return [v.to_json() for v in engine.classify(engine.classifier.check_batch(texts))]
+
+
+def render(verdict: dict[str, Any] | None) -> tuple[dict[str, float], str]:
+    """Turn a verdict into the UI's confidence bars and a one-line summary."""
+    if not verdict:
+        return {}, ""
+    mark = "🚫 harmful" if verdict["label"] == "harmful" else "✅ safe"
+    summary = (
+        f"**{mark}** — p(harmful) = {verdict['scores']['harmful']:.3f}, "
+        f"threshold {verdict['threshold']:.2f}"
+        + (" — *text was truncated at the model's maximum length*" if verdict["truncated"] else "")
+    )
+    return verdict["scores"], summary
+
+
+def model_note() -> str:
+    """The banner above the UI: which model runs, and whether it is demo weights."""
+    if not service.wait_ready(timeout=0) or service.info is None:
+        _, body = service.health()
+        return f"⏳ Model {CONFIG.model_id} is {body.get('status')}: {body.get('error', '')}"
+    info = service.info
+    note = f"Model **{info.ref}** · threshold **{info.extra['threshold']:.2f}** · {info.dtype}"
+    if info.demo:
+        note += (
+            "\n\n⚠️ **Demo weights**: this Space runs an offline demo model with random weights;"
+            " its verdicts are meaningless. Set `MODEL_ID` to a trained model."
+        )
+    return note
+
+
+with gr.Blocks(title="Arabic toxicity classifier") as demo:
+    gr.Markdown("# Arabic toxicity classifier\nClassifies Arabic text as **harmful** or **safe**.")
+    banner = gr.Markdown()
+    with gr.Row():
+        with gr.Column():
+            text = gr.Textbox(label="Text", rtl=True, lines=4, placeholder="اكتب النص هنا")
+            button = gr.Button("Classify", variant="primary")
+        with gr.Column():
+            bars = gr.Label(label="Verdict", num_top_classes=2)
+            summary = gr.Markdown()
+            details = gr.JSON(label="Response (what the API returns)")
+    gr.Examples(EXAMPLES, inputs=text)
+    with gr.Accordion("Batch (predict_batch)", open=False):
+        batch_in = gr.JSON(label="Texts (a JSON list, at most 64)", value=EXAMPLES[:2])
+        batch_button = gr.Button("Classify batch")
+        batch_out = gr.JSON(label="Verdicts")
+
+    event = gr.on(
+        [button.click, text.submit],
+        predict,
+        inputs=text,
+        outputs=details,
+        api_name="predict",
+        concurrency_limit=64,
+    )
+    event.then(render, details, [bars, summary], api_visibility="private", queue=False)
+    batch_button.click(
+        predict_batch,
+        inputs=batch_in,
+        outputs=batch_out,
+        api_name="predict_batch",
+        concurrency_limit=8,
+    )
+    demo.load(model_note, outputs=banner, api_visibility="private", queue=False)
+
+
+# -- REST ---------------------------------------------------------------------------------------
+
+
+class LegacyRequest(BaseModel):
+    """``{"data": [text]}`` (old Gradio REST) or ``{"inputs": text | [texts]}`` (Inference API)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    # Old Gradio shape: one text in a one-element list.
+    data: list[Any] | None = None
+    # Inference API shape: a text or a list of texts.
+    inputs: str | list[Any] | None = None
+    # Accepted and ignored, as the Inference API does for text classification.
+    parameters: dict[str, Any] | None = None
+    options: dict[str, Any] | None = None
+
+    @model_validator(mode="after")
+    def _one_shape(self) -> LegacyRequest:
+        if (self.data is None) == (self.inputs is None):
+            raise ValueError('send either {"data": [text]} or {"inputs": text | [texts]}')
+        return self
+
+
+def inference_api_shape(verdict: Verdict) -> list[dict[str, float | str]]:
+    """A verdict as Inference API text-classification output: labels by descending score."""
+    ranked = sorted(verdict.scores.items(), key=lambda kv: kv[1], reverse=True)
+    return [{"label": label, "score": score} for label, score in ranked]
+
+
+app = FastAPI(title="toxic-classifier", docs_url="/docs")
+install_routes(app, service)
+
+
+@app.post("/api/predict", tags=["predict"])
+def api_predict(request: LegacyRequest) -> Any:
+    """Classify over plain HTTP, in the old Gradio or the Inference API shape."""
+    with service.stats.track("api_predict"):
+        engine = service.model
+        if request.data is not None:
+            if len(request.data) != 1:
+                raise InputError(f"data must hold exactly one text, got {len(request.data)} items")
+            return {"data": [engine.classify(request.data)[0].to_json()]}
+        texts = [request.inputs] if isinstance(request.inputs, str) else request.inputs
+        verdicts = engine.classify(engine.classifier.check_batch(texts))
+        return [inference_api_shape(v) for v in verdicts]
+
+
+demo.queue(default_concurrency_limit=16, max_size=512)
+app = gr.mount_gradio_app(app, demo, path="/")
+
+
+if __name__ == "__main__":
+    logging.basicConfig(
+        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    service.start_loading()
+    serve(app, host=os.environ.get("HOST", "0.0.0.0"), port=int(os.environ.get("PORT", "7860")))

@@ -1,0 +1,320 @@
+"""The toxicity predictor: text in, a ``harmful``/``safe`` verdict out, no Gradio or HTTP here.
+
+preprocess (clean, Arabic normalisation, limits) -> forward (tokenize, model, under
+``torch.inference_mode``) -> postprocess (softmax or sigmoid, raw labels mapped onto
+``harmful``/``safe`` through ``shared.labels``, the threshold rule). The Space, the evaluate
+command and the benchmark all call :class:`ToxicityClassifier`.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+import yaml
+
+from shared.errors import InputError, ModelLoadError
+from shared.labels import TOXICITY_ALIASES, LabelMapper
+from shared.models import TRANSFORMERS_WEIGHTS, ModelSource, demo_info, resolve_model
+from shared.text import ArabicNormalization, TextLimits, check_text, normalize_arabic
+
+logger = logging.getLogger(__name__)
+
+CANONICAL = ("harmful", "safe")
+CONFIG_PATH = Path(__file__).with_name("config.yaml")
+Precision = Literal["fp32", "bf16", "int8"]
+
+
+@dataclass(frozen=True)
+class ClassifierConfig:
+    """Everything about the model and the decision rule that is not the weights."""
+
+    # Hub repo id or local directory of the model.
+    model_id: str = "Bisharababish/arabert-toxic-classifier"
+    # Hub revision; None means the default branch.
+    revision: str | None = None
+    # harmful iff p(harmful) >= threshold.
+    threshold: float = 0.5
+    # Raw model label -> canonical label, for models without a label_map.json.
+    label_map: Mapping[str, str] = field(default_factory=dict)
+    # The Arabic normalisation the model was trained with.
+    normalization: ArabicNormalization = field(default_factory=ArabicNormalization.arabert_v02)
+    # Longest accepted input, in characters.
+    max_chars: int = 20_000
+    # Most texts in one predict_batch call.
+    max_batch: int = 64
+    # Numeric precision of the forward pass on CPU.
+    precision: Precision = "fp32"
+
+    @classmethod
+    def load(cls, path: Path = CONFIG_PATH, **overrides: Any) -> ClassifierConfig:
+        """Read the Space config file, then apply non-None ``overrides`` (from env vars).
+
+        Args:
+            path: The YAML config file.
+            **overrides: Field values that win over the file (None values are ignored).
+
+        Returns:
+            The configuration.
+        """
+        raw: dict[str, Any] = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+        raw |= {k: v for k, v in overrides.items() if v is not None}
+        known = set(cls.__dataclass_fields__)
+        unknown = sorted(set(raw) - known)
+        if unknown:
+            raise ModelLoadError(f"unknown keys {unknown} in {path}; valid keys: {sorted(known)}")
+        raw["normalization"] = _normalization(raw.get("normalization", "arabert_v02"))
+        raw["threshold"] = float(raw.get("threshold", cls.threshold))
+        if not 0.0 <= raw["threshold"] <= 1.0:
+            raise ModelLoadError(f"threshold must be in [0, 1], got {raw['threshold']}")
+        if raw.get("precision", "fp32") not in ("fp32", "bf16", "int8"):
+            raise ModelLoadError(f"precision must be fp32, bf16 or int8, got {raw['precision']!r}")
+        return cls(**raw)
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """The answer for one text."""
+
+    # "harmful" or "safe".
+    label: str
+    # Probability of ``label``.
+    score: float
+    # {"harmful": p, "safe": 1 - p}.
+    scores: dict[str, float]
+    # The threshold the verdict was decided with.
+    threshold: float
+    # The model's own labels and scores, in the model's label order.
+    raw: list[dict[str, Any]]
+    # True when the text was cut at the model's maximum length.
+    truncated: bool
+    # "model_id@revision".
+    model: str
+
+    def to_json(self) -> dict[str, Any]:
+        """The JSON object the endpoints return."""
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class Prepared:
+    """One text after preprocessing."""
+
+    # What the model sees.
+    text: str
+
+
+class ToxicityClassifier:
+    """A sequence classifier behind the harmful/safe decision rule.
+
+    Args:
+        model: A transformers sequence-classification model in eval mode.
+        tokenizer: Its tokenizer.
+        config: The Space configuration.
+        model_ref: ``id@revision`` reported in every verdict.
+        demo: True when the weights are the offline demo weights.
+        label_map_file: A ``label_map.json`` beside the model; it wins over the config's map.
+    """
+
+    def __init__(
+        self,
+        model: Any,
+        tokenizer: Any,
+        config: ClassifierConfig,
+        model_ref: str,
+        *,
+        demo: bool = False,
+        label_map_file: Path | None = None,
+    ) -> None:
+        self.model = model
+        self.tokenizer = tokenizer
+        self.config = config
+        self.model_ref = model_ref
+        self.demo = demo
+        labels = [model.config.id2label[i] for i in range(model.config.num_labels)]
+        self.raw_labels = labels
+        self.multi_label = model.config.problem_type == "multi_label_classification"
+        self.mapper = LabelMapper.build(
+            labels,
+            CANONICAL,
+            explicit=dict(config.label_map) or None,
+            aliases=TOXICITY_ALIASES,
+            label_map_file=label_map_file,
+            complement="safe",
+        )
+        positions = getattr(model.config, "max_position_embeddings", 512)
+        self.max_length = min(int(tokenizer.model_max_length), int(positions))
+        self.limits = TextLimits(max_chars=config.max_chars)
+
+    @classmethod
+    def load(
+        cls,
+        config: ClassifierConfig,
+        *,
+        token: str | None = None,
+        num_threads: int | None = None,
+    ) -> ToxicityClassifier:
+        """Resolve, validate and load the model named by ``config``.
+
+        Args:
+            config: The Space configuration (model id, revision, precision, ...).
+            token: Hub token for private models.
+            num_threads: torch intra-op threads; torch's default when None.
+
+        Returns:
+            The ready classifier.
+
+        Raises:
+            ModelLoadError: missing files, LFS pointers, unmapped labels.
+        """
+        from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+        if num_threads:
+            torch.set_num_threads(num_threads)
+        source = ModelSource.parse(config.model_id, config.revision)
+        folder = resolve_model(source, required=["config.json", TRANSFORMERS_WEIGHTS], token=token)
+        tokenizer = AutoTokenizer.from_pretrained(folder)
+        model = AutoModelForSequenceClassification.from_pretrained(folder).eval()
+        model = _apply_precision(model, config.precision)
+        label_map_file = folder / "label_map.json"
+        return cls(
+            model,
+            tokenizer,
+            config,
+            str(source),
+            demo=demo_info(folder) is not None,
+            label_map_file=label_map_file if label_map_file.is_file() else None,
+        )
+
+    # -- preprocess ---------------------------------------------------------------------------
+
+    def preprocess(self, text: object) -> Prepared:
+        """Validate and normalise one input; raises ``InputError`` with the limit it broke."""
+        cleaned = check_text(text, self.limits)
+        return Prepared(text=normalize_arabic(cleaned, self.config.normalization))
+
+    # -- forward ------------------------------------------------------------------------------
+
+    def forward(self, prepared: Sequence[Prepared]) -> tuple[torch.Tensor, list[bool]]:
+        """Run the model on a batch.
+
+        Returns:
+            Probabilities ``(batch, num_labels)`` and, per text, whether it was truncated.
+        """
+        texts = [p.text for p in prepared]
+        encoded = self.tokenizer(
+            texts, truncation=True, max_length=self.max_length, padding=True, return_tensors="pt"
+        )
+        truncated = [self._was_truncated(t) for t in texts]
+        with torch.inference_mode():
+            logits = self.model(**encoded).logits.float()  # (batch, num_labels)
+        probs = torch.sigmoid(logits) if self.multi_label else torch.softmax(logits, dim=-1)
+        return probs, truncated
+
+    def _was_truncated(self, text: str) -> bool:
+        # A token covers at least one character, so short texts cannot overflow: skip the
+        # second tokenization for them.
+        if len(text) + 2 <= self.max_length:
+            return False
+        return len(self.tokenizer(text, truncation=False)["input_ids"]) > self.max_length
+
+    # -- postprocess --------------------------------------------------------------------------
+
+    def postprocess(self, probs: torch.Tensor, truncated: Sequence[bool]) -> list[Verdict]:
+        """Map raw label probabilities onto verdicts with the threshold rule."""
+        verdicts = []
+        mode = "sigmoid" if self.multi_label else "softmax"
+        threshold = self.config.threshold
+        for row, cut in zip(probs.tolist(), truncated, strict=True):
+            raw = dict(zip(self.raw_labels, row, strict=True))
+            harmful = float(self.mapper.aggregate(raw, mode)["harmful"])
+            label = "harmful" if harmful >= threshold else "safe"
+            scores = {"harmful": harmful, "safe": 1.0 - harmful}
+            verdicts.append(
+                Verdict(
+                    label=label,
+                    score=scores[label],
+                    scores=scores,
+                    threshold=threshold,
+                    raw=[{"label": k, "score": v} for k, v in raw.items()],
+                    truncated=cut,
+                    model=self.model_ref,
+                )
+            )
+        return verdicts
+
+    # -- the whole pipeline -------------------------------------------------------------------
+
+    def classify(self, texts: Sequence[object]) -> list[Verdict]:
+        """Classify a batch of texts, in order.
+
+        Args:
+            texts: The inputs; each must be a non-empty string within the length limit.
+
+        Returns:
+            One verdict per text.
+
+        Raises:
+            InputError: naming the first bad input and the limit it broke.
+        """
+        if not texts:
+            return []
+        probs, truncated = self.forward(self.preprocess_all(texts))
+        return self.postprocess(probs, truncated)
+
+    def preprocess_all(self, texts: Sequence[object]) -> list[Prepared]:
+        """Preprocess several texts; the error names which one was bad."""
+        prepared = []
+        for i, text in enumerate(texts):
+            try:
+                prepared.append(self.preprocess(text))
+            except InputError as e:
+                if len(texts) == 1:
+                    raise
+                raise InputError(f"text {i + 1} of {len(texts)}: {e}") from e
+        return prepared
+
+    def classify_one(self, text: object) -> Verdict:
+        """Classify a single text."""
+        return self.classify([text])[0]
+
+    def check_batch(self, texts: object) -> list[object]:
+        """Validate a ``predict_batch`` payload: a list of at most ``max_batch`` items."""
+        if not isinstance(texts, list):
+            raise InputError(f"texts must be a list of strings, got {type(texts).__name__}")
+        if not texts:
+            raise InputError("texts is empty: send at least one text")
+        if len(texts) > self.config.max_batch:
+            raise InputError(
+                f"{len(texts)} texts in one batch; the limit is {self.config.max_batch}"
+            )
+        return texts
+
+
+def _normalization(value: object) -> ArabicNormalization:
+    """A preset name (``arabert_v02`` or ``none``) or a mapping of step options."""
+    if isinstance(value, ArabicNormalization):
+        return value
+    if isinstance(value, Mapping):
+        return ArabicNormalization.from_dict(value)
+    presets = {"arabert_v02": ArabicNormalization.arabert_v02, "none": ArabicNormalization.none}
+    if value not in presets:
+        raise ModelLoadError(
+            f"normalization must be one of {sorted(presets)} or a mapping of options, got {value!r}"
+        )
+    return presets[value]()
+
+
+def _apply_precision(model: torch.nn.Module, precision: Precision) -> torch.nn.Module:
+    if precision == "int8":
+        # Dynamic int8 Linear layers: VNNI makes these matmuls several times cheaper on CPU.
+        from torch.ao.quantization import quantize_dynamic
+
+        return quantize_dynamic(model, {torch.nn.Linear}, dtype=torch.qint8)
+    if precision == "bf16":
+        return model.to(torch.bfloat16)
+    return model

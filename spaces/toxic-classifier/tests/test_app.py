@@ -1,0 +1,198 @@
+"""The toxic-classifier Space as backends and people use it: gradio_client and plain HTTP."""
+
+from __future__ import annotations
+
+import concurrent.futures
+import json
+
+import pytest
+from gradio_client.exceptions import AppError
+
+from tests.harness import RunningSpace
+
+SPACE = "toxic-classifier"
+TOXIC = "أكره هذا الشخص وأتمنى أن يختفي"
+KEYS = {"label", "score", "scores", "threshold", "raw", "truncated", "model"}
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def space(launch_space) -> RunningSpace:
+    return launch_space(SPACE)
+
+
+def check_verdict(verdict: dict, threshold: float = 0.5) -> None:
+    assert set(verdict) == KEYS
+    assert verdict["label"] in ("harmful", "safe")
+    p = verdict["scores"]["harmful"]
+    assert verdict["scores"]["safe"] == pytest.approx(1 - p)
+    assert verdict["label"] == ("harmful" if p >= verdict["threshold"] else "safe")
+    assert verdict["score"] == pytest.approx(verdict["scores"][verdict["label"]])
+    assert verdict["threshold"] == threshold
+    assert [r["label"] for r in verdict["raw"]] == ["LABEL_0", "LABEL_1"]
+    # The demo model's label_map.json says LABEL_1 is harmful.
+    assert verdict["raw"][1]["score"] == pytest.approx(p, abs=1e-6)
+    assert verdict["model"].endswith("arabert-tiny")
+
+
+def test_health_reports_model_and_demo_weights(space):
+    body = space.http.get("/health").json()
+    assert body["status"] == "ok"
+    assert body["model_id"].endswith("arabert-tiny")
+    assert body["demo"] is True
+    assert body["device"] == "cpu"
+    assert body["extra"]["label_map"] == {"LABEL_0": "safe", "LABEL_1": "harmful"}
+
+
+def test_predict_with_gradio_client(space):
+    verdict = space.client.predict(TOXIC, api_name="/predict")
+    check_verdict(verdict)
+    assert verdict["truncated"] is False
+
+
+def test_same_verdict_with_tashkeel_and_tatweel(space):
+    plain = space.client.predict(TOXIC, api_name="/predict")
+    decorated = space.client.predict("أَكْرَهُ هـــذا الشَّخْصَ وأتمنّى أن يختفـــي", api_name="/predict")
+    assert decorated["scores"] == plain["scores"]
+
+
+@pytest.mark.parametrize(
+    "text", ["😡😡😡", "you are stupid", "enta 7mar w ma bt3ref shi", "يا ghabi اسكت"]
+)
+def test_other_scripts_get_a_verdict(space, text):
+    check_verdict(space.client.predict(text, api_name="/predict"))
+
+
+def test_long_text_is_truncated_and_flagged(space):
+    verdict = space.client.predict("كلمة " * 3000, api_name="/predict")
+    check_verdict(verdict)
+    assert verdict["truncated"] is True
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [("", "empty"), ("   \n\t ", "empty"), ("ا" * 20_001, "20,000")],
+)
+def test_bad_text_is_a_clear_error_and_server_keeps_serving(space, text, message):
+    with pytest.raises(AppError, match=message):
+        space.client.predict(text, api_name="/predict")
+    check_verdict(space.client.predict(TOXIC, api_name="/predict"))
+
+
+def test_predict_batch_keeps_order(space):
+    texts = [TOXIC, "شكرا جزيلا", "كلمة " * 3000]
+    verdicts = space.client.predict(texts, api_name="/predict_batch")
+    assert len(verdicts) == 3
+    singles = [space.client.predict(t, api_name="/predict") for t in texts]
+    for batched, single in zip(verdicts, singles, strict=True):
+        check_verdict(batched)
+        assert batched["scores"]["harmful"] == pytest.approx(single["scores"]["harmful"], abs=1e-5)
+    assert [v["truncated"] for v in verdicts] == [False, False, True]
+
+
+@pytest.mark.parametrize(
+    ("payload", "message"),
+    [
+        (["ok"] * 65, "65 texts in one batch; the limit is 64"),
+        ([], "empty"),
+        (["ok", ""], "text 2 of 2: text is empty"),
+        (["ok", 5], "text 2 of 2: text must be a string"),
+        ("not a list", "must be a list"),
+    ],
+)
+def test_predict_batch_limits(space, payload, message):
+    with pytest.raises(AppError, match=message):
+        space.client.predict(payload, api_name="/predict_batch")
+
+
+def test_concurrent_requests_all_answered(space):
+    texts = [f"{TOXIC} {i}" for i in range(24)]
+    with concurrent.futures.ThreadPoolExecutor(8) as pool:
+        verdicts = list(pool.map(lambda t: space.client.predict(t, api_name="/predict"), texts))
+    for verdict in verdicts:
+        check_verdict(verdict)
+
+
+def test_rest_old_gradio_shape(space):
+    response = space.http.post("/api/predict", json={"data": [TOXIC]})
+    assert response.status_code == 200
+    (verdict,) = response.json()["data"]
+    check_verdict(verdict)
+
+
+def test_rest_inference_api_shape(space):
+    one = space.http.post("/api/predict", json={"inputs": TOXIC})
+    assert one.status_code == 200
+    (ranked,) = one.json()
+    assert {r["label"] for r in ranked} == {"harmful", "safe"}
+    assert ranked[0]["score"] >= ranked[1]["score"]
+    assert sum(r["score"] for r in ranked) == pytest.approx(1.0)
+
+    many = space.http.post("/api/predict", json={"inputs": [TOXIC, "شكرا"]}).json()
+    assert len(many) == 2
+    verdict = space.http.post("/api/predict", json={"data": [TOXIC]}).json()["data"][0]
+    harmful = {r["label"]: r["score"] for r in many[0]}["harmful"]
+    assert harmful == pytest.approx(verdict["scores"]["harmful"], abs=1e-5)
+
+
+@pytest.mark.parametrize(
+    ("body", "message"),
+    [
+        ({"data": [""]}, "empty"),
+        ({"data": [123]}, "must be a string"),
+        ({"data": []}, "exactly one text"),
+        ({"inputs": ["x"] * 65}, "limit is 64"),
+        ({"inputs": "x" * 20_001}, "20,000"),
+        ({"inputs": 5}, "inputs"),
+        ({}, "either"),
+        ({"data": ["a"], "inputs": "b"}, "either"),
+        ({"text": "a"}, "text"),
+    ],
+)
+def test_rest_bad_input_is_422(space, body, message):
+    response = space.http.post("/api/predict", json=body)
+    assert response.status_code == 422, response.text
+    assert message in response.json()["error"]
+    assert response.json()["error_type"] == "validation"
+
+
+def test_rest_malformed_json_is_422(space):
+    response = space.http.post(
+        "/api/predict", content=b"{not json", headers={"content-type": "application/json"}
+    )
+    assert response.status_code == 422
+    assert space.http.get("/health").status_code == 200
+
+
+def test_stats_count_requests_and_errors(space):
+    before = space.http.get("/stats").json()
+    space.client.predict(TOXIC, api_name="/predict")
+    with pytest.raises(AppError):
+        space.client.predict("", api_name="/predict")
+    after = space.http.get("/stats").json()
+    predict_before = before["endpoints"].get("predict", {"count": 0, "errors": 0})
+    assert after["endpoints"]["predict"]["count"] == predict_before["count"] + 2
+    assert after["endpoints"]["predict"]["errors"] == predict_before["errors"] + 1
+    assert after["endpoints"]["predict"]["latency_ms"]["p50"] > 0
+
+
+def test_api_lists_named_endpoints(space):
+    info = space.client.view_api(print_info=False, return_format="dict")
+    assert {"/predict", "/predict_batch"} <= set(info["named_endpoints"])
+
+
+def test_ui_page_is_served(space):
+    page = space.http.get("/")
+    assert page.status_code == 200
+    assert "gradio" in page.text.lower()
+    config = space.http.get("/config").json()
+    assert "Arabic toxicity classifier" in json.dumps(config, ensure_ascii=False)
+
+
+def test_threshold_from_environment(launch_space):
+    strict = launch_space(SPACE, HARMFUL_THRESHOLD="0.0")
+    verdict = strict.client.predict("شكرا", api_name="/predict")
+    check_verdict(verdict, threshold=0.0)
+    assert verdict["label"] == "harmful"
+    assert strict.http.get("/health").json()["extra"]["threshold"] == 0.0
