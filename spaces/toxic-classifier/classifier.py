@@ -312,9 +312,15 @@ def _normalization(value: object) -> ArabicNormalization:
 def _apply_precision(model: torch.nn.Module, precision: Precision) -> torch.nn.Module:
     if precision == "int8":
         # Dynamic int8 Linear layers: VNNI makes these matmuls several times cheaper on CPU.
+        import warnings
+
         from torch.ao.quantization import quantize_dynamic
 
-        return quantize_dynamic(model, {torch.nn.Linear}, dtype=torch.qint8)
+        # torch deprecates eager-mode quantization in favour of torchao, which has no CPU int8
+        # dynamic path on this torch build; the eager one is still shipped and measured here.
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", (DeprecationWarning, UserWarning))
+            return quantize_dynamic(model, {torch.nn.Linear}, dtype=torch.qint8)
     if precision == "bf16":
         return model.to(torch.bfloat16)
     return model

@@ -225,9 +225,9 @@ def calibrate_threshold(
 def write_threshold(config_path: Path, threshold: float) -> None:
     """Replace the ``threshold:`` line of the Space config, keeping its comments."""
     text = config_path.read_text(encoding="utf-8")
-    new, count = re.subn(r"(?m)^threshold:.*$", f"threshold: {threshold:.4f}", text, count=1)
+    new, count = re.subn(r"(?m)^threshold:.*$", f"threshold: {threshold:.6g}", text, count=1)
     if count == 0:
-        new = text.rstrip("\n") + f"\nthreshold: {threshold:.4f}\n"
+        new = text.rstrip("\n") + f"\nthreshold: {threshold:.6g}\n"
     config_path.write_text(new, encoding="utf-8")
 
 

@@ -1,0 +1,180 @@
+"""The predictor without a server: label mapping, multi-label heads, normalisation, loading."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+import torch
+from transformers import BertConfig, BertForSequenceClassification
+
+from classifier import ClassifierConfig, ToxicityClassifier
+from shared.errors import InputError, ModelLoadError
+from shared.labels import LabelMappingError
+from tests.harness import start_space
+
+TOXIC = "أكره هذا الشخص وأتمنى أن يختفي"
+
+
+@pytest.fixture(scope="module")
+def demo_dir(demo_models) -> Path:
+    return Path(demo_models["toxic-classifier"]["MODEL_ID"])
+
+
+def config_for(model_dir: Path, **fields) -> ClassifierConfig:
+    return replace(ClassifierConfig.load(), model_id=str(model_dir), **fields)
+
+
+def variant(demo_dir: Path, tmp_path: Path, id2label: dict[int, str], **config) -> Path:
+    """A copy of the demo model with other labels (a fresh classification head)."""
+    out = tmp_path / "variant"
+    out.mkdir()
+    for name in ("tokenizer.json", "tokenizer_config.json"):
+        shutil.copy(demo_dir / name, out / name)
+    base = BertConfig.from_pretrained(demo_dir)
+    base.id2label = id2label
+    base.label2id = {v: k for k, v in id2label.items()}
+    base.num_labels = len(id2label)
+    for key, value in config.items():
+        setattr(base, key, value)
+    torch.manual_seed(1)
+    BertForSequenceClassification(base).save_pretrained(out)
+    return out
+
+
+@pytest.fixture(scope="module")
+def classifier(demo_dir) -> ToxicityClassifier:
+    return ToxicityClassifier.load(config_for(demo_dir))
+
+
+def test_label_map_file_beside_the_model_is_used(classifier):
+    assert classifier.demo
+    assert {raw: classifier.mapper.canonical_of(raw) for raw in classifier.raw_labels} == {
+        "LABEL_0": "safe",
+        "LABEL_1": "harmful",
+    }
+
+
+def test_verdict_follows_threshold(classifier):
+    p = classifier.classify_one(TOXIC).scores["harmful"]
+    low = ToxicityClassifier(
+        classifier.model,
+        classifier.tokenizer,
+        replace(classifier.config, threshold=p - 1e-6),
+        "m",
+        label_map_file=None,
+    )
+    high = ToxicityClassifier(
+        classifier.model,
+        classifier.tokenizer,
+        replace(classifier.config, threshold=min(1.0, p + 1e-6)),
+        "m",
+    )
+    assert low.classify_one(TOXIC).label == "harmful"
+    assert high.classify_one(TOXIC).label == "safe"
+
+
+def test_normalisation_makes_decorated_text_equal(classifier):
+    plain = classifier.classify_one(TOXIC)
+    decorated = classifier.classify_one("أَكْرَهُ هـــذا الشَّخْصَ وأتمنّى أن يختفـــي")
+    assert decorated.scores == plain.scores
+
+
+def test_batch_equals_singles(classifier):
+    texts = [TOXIC, "شكرا", "يا ghabi", "كلمة " * 700]
+    batch = classifier.classify(texts)
+    for text, verdict in zip(texts, batch, strict=True):
+        single = classifier.classify_one(text)
+        assert verdict.scores["harmful"] == pytest.approx(single.scores["harmful"], abs=1e-5)
+        assert verdict.truncated == single.truncated
+    assert [v.truncated for v in batch] == [False, False, False, True]
+
+
+def test_bad_inputs_name_the_text(classifier):
+    with pytest.raises(InputError, match=r"^text 2 of 3: text is empty$"):
+        classifier.classify(["a", " ", "b"])
+    with pytest.raises(InputError, match="20,000"):
+        classifier.classify_one("ب" * 20_001)
+
+
+def test_unmapped_labels_fail_at_startup_listing_them(demo_dir, tmp_path):
+    model_dir = variant(demo_dir, tmp_path, {0: "LABEL_0", 1: "LABEL_1"})
+    with pytest.raises(LabelMappingError) as err:
+        ToxicityClassifier.load(config_for(model_dir, label_map={}))
+    assert "['LABEL_0', 'LABEL_1']" in str(err.value)
+
+
+def test_named_labels_map_without_configuration(demo_dir, tmp_path):
+    model_dir = variant(demo_dir, tmp_path, {0: "NOT_OFF", 1: "OFF"})
+    clf = ToxicityClassifier.load(config_for(model_dir, label_map={}))
+    verdict = clf.classify_one(TOXIC)
+    raw = {r["label"]: r["score"] for r in verdict.raw}
+    assert verdict.scores["harmful"] == pytest.approx(raw["OFF"])
+
+
+def test_multi_label_heads_any_over_threshold(demo_dir, tmp_path):
+    model_dir = variant(
+        demo_dir,
+        tmp_path,
+        {0: "toxic", 1: "insult", 2: "threat"},
+        problem_type="multi_label_classification",
+    )
+    clf = ToxicityClassifier.load(config_for(model_dir, label_map={}))
+    assert clf.multi_label
+    verdict = clf.classify_one(TOXIC)
+    heads = {r["label"]: r["score"] for r in verdict.raw}
+    assert sum(heads.values()) != pytest.approx(1.0)  # independent sigmoids
+    assert verdict.scores["harmful"] == pytest.approx(max(heads.values()))
+    assert verdict.scores["safe"] == pytest.approx(1 - max(heads.values()))
+
+
+def test_lfs_pointer_weights_are_named(demo_dir, tmp_path):
+    broken = tmp_path / "broken"
+    shutil.copytree(demo_dir, broken)
+    (broken / "model.safetensors").write_text(
+        "version https://git-lfs.github.com/spec/v1\noid sha256:abc\nsize 540000000\n"
+    )
+    with pytest.raises(ModelLoadError, match=r"model\.safetensors is a Git LFS pointer"):
+        ToxicityClassifier.load(config_for(broken))
+
+
+@pytest.mark.slow
+def test_space_with_broken_model_reports_it_on_health(demo_dir, tmp_path):
+    broken = tmp_path / "broken"
+    shutil.copytree(demo_dir, broken)
+    (broken / "model.safetensors").write_text(
+        "version https://git-lfs.github.com/spec/v1\noid sha256:abc\nsize 540000000\n"
+    )
+    with (
+        pytest.raises(RuntimeError, match=r"Git LFS pointer.*not weights") as err,
+        start_space("toxic-classifier", {"MODEL_ID": str(broken)}, timeout=120),
+    ):
+        pass
+    assert '"status":"error"' in str(err.value).replace(" ", "")
+
+
+def test_config_rejects_unknown_keys_and_bad_values(tmp_path):
+    path = tmp_path / "config.yaml"
+    path.write_text("model_id: x\nthreshhold: 0.4\n")
+    with pytest.raises(ModelLoadError, match="unknown keys \\['threshhold'\\]"):
+        ClassifierConfig.load(path)
+    path.write_text("threshold: 1.5\n")
+    with pytest.raises(ModelLoadError, match="threshold must be in"):
+        ClassifierConfig.load(path)
+    path.write_text("precision: fp8\n")
+    with pytest.raises(ModelLoadError, match="precision must be"):
+        ClassifierConfig.load(path)
+    path.write_text(json.dumps({"normalization": {"strip_tashkeel": False}}))
+    assert ClassifierConfig.load(path).normalization.strip_tashkeel is False
+
+
+@pytest.mark.parametrize("precision", ["int8", "bf16"])
+def test_reduced_precision_stays_close_to_fp32(demo_dir, classifier, precision):
+    other = ToxicityClassifier.load(config_for(demo_dir, precision=precision))
+    texts = [TOXIC, "شكرا جزيلا على المساعدة", "يا ghabi اسكت"]
+    reference = [v.scores["harmful"] for v in classifier.classify(texts)]
+    reduced = [v.scores["harmful"] for v in other.classify(texts)]
+    assert reduced == pytest.approx(reference, abs=0.02)

@@ -1,0 +1,121 @@
+"""The evaluate command: metrics, bias warnings, calibration, the reliability plot."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from PIL import Image
+
+from evaluate import bias_warnings, build_report, calibrate_threshold, main, write_threshold
+
+SPACE = Path(__file__).resolve().parent.parent
+
+
+def test_report_on_known_predictions():
+    y = np.array([1, 1, 1, 1, 0, 0, 0, 0])
+    p = np.array([0.9, 0.8, 0.4, 0.3, 0.2, 0.1, 0.6, 0.05])
+    report = build_report(y, p, 0.5, "m")
+    assert report.confusion == [[2, 2], [1, 3]]
+    assert report.classes["harmful"].precision == pytest.approx(2 / 3)
+    assert report.classes["harmful"].recall == pytest.approx(0.5)
+    assert report.classes["safe"].recall == pytest.approx(0.75)
+    assert report.harmful_rate == pytest.approx(3 / 8)
+    assert report.roc_auc == pytest.approx(14 / 16)  # harmful outscores safe in 14 of 16 pairs
+    assert report.accuracy == pytest.approx(5 / 8)
+
+
+def test_a_model_that_calls_everything_safe_is_called_out():
+    y = np.array([1] * 30 + [0] * 70)
+    p = np.array([0.05] * 29 + [0.95] + [0.04] * 70)
+    report = build_report(y, p, 0.5, "m")
+    assert "flags 3% of harmful texts: the model is biased to safe" in report.warnings
+
+
+def test_no_warning_for_a_good_model():
+    y = np.array([1] * 50 + [0] * 50)
+    p = np.concatenate([np.linspace(0.6, 0.99, 50), np.linspace(0.01, 0.4, 50)])
+    assert build_report(y, p, 0.5, "m").warnings == []
+
+
+def test_bias_to_harmful_is_called_out():
+    report = build_report(np.array([1, 0, 0, 0]), np.array([0.9, 0.8, 0.7, 0.2]), 0.5, "m")
+    assert any("biased to harmful" in w for w in report.warnings)
+    assert bias_warnings(report.classes, 0.55, 0.75)[-1].startswith("ROC-AUC 0.55")
+
+
+def test_calibrate_best_f1():
+    y = np.array([1, 1, 1, 0, 0, 0])
+    p = np.array([0.35, 0.3, 0.25, 0.2, 0.1, 0.05])
+    # Every harmful text scores above every safe one: the best threshold separates them.
+    threshold = calibrate_threshold(y, p)
+    assert 0.2 < threshold <= 0.25
+
+
+@settings(max_examples=50, deadline=None)
+@given(
+    st.lists(st.tuples(st.booleans(), st.floats(0, 1)), min_size=4, max_size=60).filter(
+        lambda rows: any(r[0] for r in rows) and not all(r[0] for r in rows)
+    ),
+    st.floats(0.05, 1.0),
+)
+def test_calibrate_reaches_target_recall(rows, target):
+    y = np.array([int(r[0]) for r in rows])
+    p = np.array([r[1] for r in rows])
+    threshold = calibrate_threshold(y, p, target_recall=target)
+    recall = ((p >= threshold) & (y == 1)).sum() / (y == 1).sum()
+    assert recall >= target - 1e-9
+    assert 0.0 <= threshold <= 1.0
+
+
+def test_write_threshold_keeps_comments(tmp_path):
+    config = tmp_path / "config.yaml"
+    config.write_text("# keep me\nmodel_id: x\nthreshold: 0.5  # old\nprecision: fp32\n")
+    write_threshold(config, 0.4213)
+    assert config.read_text() == "# keep me\nmodel_id: x\nthreshold: 0.4213\nprecision: fp32\n"
+
+
+@pytest.mark.slow
+def test_cli_on_the_demo_model(demo_models, tmp_path, capsys):
+    config = tmp_path / "config.yaml"
+    shutil.copy(SPACE / "config.yaml", config)
+    report_path, plot = tmp_path / "report.json", tmp_path / "reliability.png"
+    model = demo_models["toxic-classifier"]["MODEL_ID"]
+    data = SPACE / "data" / "eval.jsonl"
+    code = main(
+        [str(data), "--config", str(config), "--model-id", model, "--calibrate",
+         "--target-recall", "0.9", "--plot", str(plot), "--report-json", str(report_path),
+         "--compare-precision", "int8"]
+    )  # fmt: skip
+    assert code == 0
+    out = capsys.readouterr().out
+    assert "confusion matrix" in out
+    assert "ROC-AUC" in out
+    assert "[demo weights]" in out
+    result = json.loads(report_path.read_text())
+    n = sum(1 for line in data.read_text().splitlines() if line.strip())
+    assert result["report"]["n"] == n
+    calibrated = result["calibrated"]
+    assert calibrated["classes"]["harmful"]["recall"] >= 0.9
+    written = float(next(line for line in config.read_text().splitlines()
+                         if line.startswith("threshold:")).split(":")[1])  # fmt: skip
+    assert written == pytest.approx(calibrated["threshold"], abs=1e-5)
+    assert result["precision_comparison"]["max_abs_diff"] < 0.02
+    with Image.open(plot) as image:
+        assert image.format == "PNG"
+        assert image.size[0] > 300
+
+
+def test_eval_set_is_balanced_and_has_the_reported_sentence():
+    rows = [json.loads(line) for line in (SPACE / "data/eval.jsonl").read_text().splitlines()]
+    labels = [r["label"] for r in rows]
+    assert len(rows) >= 200
+    assert labels.count("harmful") == labels.count("safe")
+    assert {r["dialect"] for r in rows} >= {"msa", "gulf", "levantine", "egyptian"}
+    assert any(r["text"] == "أكره هذا الشخص وأتمنى أن يختفي" for r in rows)
+    assert len({r["text"] for r in rows}) == len(rows)
