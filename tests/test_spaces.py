@@ -1,0 +1,82 @@
+"""Every Space under spaces/ keeps the Spaces contract.
+
+It starts from its own folder on its demo models and answers ``/health`` and ``/predict``; it
+names the installed Gradio; its requirements are pinned to the versions of the monorepo's lock
+file. The deploy checks (front matter, pins, LFS, imports nothing outside its folder but
+``shared``) run on every Space through the dry runs in ``tests/test_deploy.py``.
+"""
+
+from __future__ import annotations
+
+import re
+import tomllib
+
+import pytest
+
+from scripts.check_space import read_front_matter
+from tests.harness import ROOT, SPACES_DIR, space_names
+
+SPACES = space_names()
+
+# A valid input for each Space's `predict` endpoint, in gradio_client's argument order.
+PREDICT_ARGS: dict[str, tuple[object, ...]] = {
+    "toxic-classifier": ("أكره هذا الشخص وأتمنى أن يختفي",),
+    "llm-tiers": ("Hello", "base", 8, 0.7, ""),
+}
+
+
+def locked_versions() -> dict[str, str]:
+    lock = tomllib.loads((ROOT / "uv.lock").read_text())
+    return {p["name"]: p["version"] for p in lock["package"] if "version" in p}
+
+
+def canonical(name: str) -> str:
+    return re.sub(r"[-_.]+", "-", name).lower()
+
+
+def test_there_are_spaces():
+    assert "toxic-classifier" in SPACES
+
+
+@pytest.mark.parametrize("name", SPACES)
+def test_requirements_match_the_lock(name):
+    locked = locked_versions()
+    mismatched = []
+    for line in (SPACES_DIR / name / "requirements.txt").read_text().splitlines():
+        line = line.split("#", 1)[0].strip()
+        if not line:
+            continue
+        package, _, version = line.partition("==")
+        package = canonical(package.split("[", 1)[0])
+        if locked.get(package) != version.strip():
+            mismatched.append(f"{line} (lock: {locked.get(package, 'absent')})")
+    assert mismatched == []
+
+
+@pytest.mark.parametrize("name", SPACES)
+def test_front_matter_names_the_installed_gradio(name):
+    meta = read_front_matter(SPACES_DIR / name / "README.md")
+    if meta["sdk"] == "gradio":
+        assert str(meta["sdk_version"]) == locked_versions()["gradio"]
+    else:
+        assert meta["sdk"] == "docker"
+        assert meta.get("app_port", 7860) == 7860
+
+
+@pytest.mark.parametrize("name", SPACES)
+def test_readme_documents_predict_and_health(name):
+    readme = (SPACES_DIR / name / "README.md").read_text()
+    assert 'api_name="/predict"' in readme
+    assert "/health" in readme
+    assert "curl" in readme
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", SPACES)
+def test_space_starts_and_answers_predict(name, launch_space):
+    assert name in PREDICT_ARGS, f"add a sample input for {name} to PREDICT_ARGS"
+    space = launch_space(name)
+    health = space.http.get("/health")
+    assert health.status_code == 200
+    result = space.client.predict(*PREDICT_ARGS[name], api_name="/predict")
+    assert result not in (None, "", [], {})
