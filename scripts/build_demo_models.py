@@ -18,6 +18,7 @@ import argparse
 import hashlib
 import json
 import logging
+import random
 import shutil
 import sys
 import time
@@ -99,12 +100,91 @@ def build_arabert_tiny(out: Path) -> None:
         id2label={0: "LABEL_0", 1: "LABEL_1"},
         label2id={"LABEL_0": 0, "LABEL_1": 1},
     )
-    model = BertForSequenceClassification(config).eval()
-    model.save_pretrained(out, safe_serialization=True)
+    model = BertForSequenceClassification(config)
+    _train_toy_toxicity(model, tokenizer)
+    model.eval().save_pretrained(out, safe_serialization=True)
     (out / "label_map.json").write_text(
         json.dumps({"LABEL_0": "safe", "LABEL_1": "harmful"}, indent=2) + "\n", encoding="utf-8"
     )
-    _marker(out, "BertForSequenceClassification", "random weights: verdicts are meaningless")
+    _marker(
+        out,
+        "BertForSequenceClassification",
+        "a toy: trained for seconds on a small synthetic lexicon (insults, threats vs. greetings, "
+        "thanks); it reacts to a few words, it is not a toxicity model",
+    )
+
+
+# The toy lexicon. None of these sentences is in spaces/toxic-classifier/data/eval.jsonl.
+_INSULTS = ["غبي", "حمار", "حقير", "تافه", "قذر", "كلب", "جاهل", "وسخ", "سافل", "منحط"]
+_THREATS = ["سأقتلك", "اقتل", "تموت", "أكسر راسك", "سأضربك", "سأحرق"]
+_HATE = ["أكره", "اكره", "أحتقر", "ألعن"]
+_KIND = ["شكرا", "جميل", "رائع", "حلو", "زين", "تمام", "مرحبا", "السلام عليكم", "أحب", "احب"]
+_CONTEXT = ["هذا الشخص", "الناس", "انت", "أنت", "اليوم", "الخبر", "الكلام", "بكرة", "يا صديقي"]
+
+
+# Neutral filler, so the toy keys on the lexicon rather than on sentence length or letters.
+_FILLER = (
+    "في من على إلى عن مع هذا هذه ذلك كان قال لا ما هل هو هي نحن هم جدا كثير قليل كل بعض عند "
+    "بعد قبل الآن هنا هناك البيت الشغل المدرسة الطريق السيارة الأكل القهوة المباراة الفريق "
+    "الخدمة التطبيق الموضوع الفكرة الصورة الفيديو الرسالة وين متى كيف ليش شي حاجة كمان برضو "
+    "يعني طيب والله hello ok lol 😂 🙏 2024 ١٢٣"
+).split()
+
+
+def _with_filler(rng: random.Random, text: str) -> str:
+    words = text.split()
+    for _ in range(rng.randint(0, 6)):
+        words.insert(rng.randint(0, len(words)), rng.choice(_FILLER))
+    return " ".join(words)
+
+
+def _toy_examples(rng: random.Random, n: int) -> list[tuple[str, int]]:
+    examples = []
+    for i in range(n):
+        ctx = rng.choice(_CONTEXT)
+        if i % 2:
+            text = rng.choice(
+                [
+                    f"{ctx} {rng.choice(_INSULTS)}",
+                    f"يا {rng.choice(_INSULTS)} اسكت",
+                    f"{rng.choice(_HATE)} {ctx} و{rng.choice(_HATE)} الكلام",
+                    f"{rng.choice(_THREATS)} {ctx}",
+                    f"انت {rng.choice(_INSULTS)} و{rng.choice(_INSULTS)}",
+                ]
+            )
+            examples.append((_with_filler(rng, text), 1))
+        else:
+            text = rng.choice(
+                [
+                    f"{rng.choice(_KIND)} {ctx}",
+                    f"{ctx} {rng.choice(_KIND)}",
+                    f"{rng.choice(_KIND)} على الكلام {rng.choice(_KIND)}",
+                    f"الخبر اليوم عن {ctx}",
+                    f"{rng.choice(_KIND)} يا صديقي",
+                ]
+            )
+            examples.append((_with_filler(rng, text), 0))
+    return examples
+
+
+def _train_toy_toxicity(model: object, tokenizer: object) -> None:
+    """A few seconds of training so the demo reacts to obvious insults and threats."""
+    import torch
+
+    rng = random.Random(SEED)
+    examples = _toy_examples(rng, 512)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    model.train()
+    for _ in range(4):
+        rng.shuffle(examples)
+        for start in range(0, len(examples), 32):
+            batch = examples[start : start + 32]
+            encoded = tokenizer([t for t, _ in batch], padding=True, return_tensors="pt")
+            labels = torch.tensor([y for _, y in batch])
+            loss = model(**encoded, labels=labels).loss
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
 
 
 _CORPUS = (

@@ -177,4 +177,7 @@ def test_reduced_precision_stays_close_to_fp32(demo_dir, classifier, precision):
     texts = [TOXIC, "شكرا جزيلا على المساعدة", "يا ghabi اسكت"]
     reference = [v.scores["harmful"] for v in classifier.classify(texts)]
     reduced = [v.scores["harmful"] for v in other.classify(texts)]
-    assert reduced == pytest.approx(reference, abs=0.02)
+    # The same model, approximately: the bound is loose because it is the toy demo model
+    # (the benchmark measures the real gap on a BERT-base model over the evaluation set).
+    assert reduced == pytest.approx(reference, abs=0.05)
+    assert reduced != reference

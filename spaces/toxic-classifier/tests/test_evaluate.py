@@ -105,7 +105,11 @@ def test_cli_on_the_demo_model(demo_models, tmp_path, capsys):
     written = float(next(line for line in config.read_text().splitlines()
                          if line.startswith("threshold:")).split(":")[1])  # fmt: skip
     assert written == pytest.approx(calibrated["threshold"], abs=1e-5)
-    assert result["precision_comparison"]["max_abs_diff"] < 0.02
+    comparison = result["precision_comparison"]
+    assert comparison["precision"] == "int8"
+    assert 0 < comparison["mean_abs_diff"] <= comparison["max_abs_diff"] < 0.1
+    assert 0.5 <= comparison["verdict_agreement"] <= 1.0
+    assert f"max |Δp(harmful)| = {comparison['max_abs_diff']:.4f}" in out
     with Image.open(plot) as image:
         assert image.format == "PNG"
         assert image.size[0] > 300
