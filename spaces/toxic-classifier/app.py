@@ -5,8 +5,8 @@ texts), ``POST /api/predict`` for REST backends (old Gradio ``{"data": [...]}`` 
 Inference API ``{"inputs": ...}`` shape), ``GET /health`` and ``GET /stats``.
 
 Configuration (environment): ``MODEL_ID``, ``MODEL_REVISION``, ``HARMFUL_THRESHOLD``,
-``PRECISION`` (fp32|bf16|int8), ``HF_TOKEN``, ``PORT`` (7860), ``HOST`` (0.0.0.0); defaults in
-``config.yaml``.
+``PRECISION`` (fp32|bf16|int8), ``TORCH_NUM_THREADS`` (torch's default when unset), ``HF_TOKEN``,
+``PORT`` (7860), ``HOST`` (0.0.0.0); defaults in ``config.yaml``.
 """
 
 from __future__ import annotations
@@ -45,6 +45,16 @@ def _env_float(name: str) -> float | None:
         raise SystemExit(f"{name} must be a number, got {value!r}") from e
 
 
+def _env_int(name: str) -> int | None:
+    value = os.environ.get(name)
+    if value is None or value == "":
+        return None
+    try:
+        return int(value)
+    except ValueError as e:
+        raise SystemExit(f"{name} must be an integer, got {value!r}") from e
+
+
 def load_config() -> ClassifierConfig:
     """The Space config file with the environment's overrides applied."""
     return ClassifierConfig.load(
@@ -53,6 +63,7 @@ def load_config() -> ClassifierConfig:
         revision=os.environ.get("MODEL_REVISION") or None,
         threshold=_env_float("HARMFUL_THRESHOLD"),
         precision=os.environ.get("PRECISION") or None,
+        device=os.environ.get("DEVICE") or None,
     )
 
 
@@ -79,11 +90,17 @@ class Engine:
 
 def load_engine() -> tuple[Engine, ModelInfo]:
     """Load the model (in the background, once) and describe it for /health."""
-    classifier = ToxicityClassifier.load(CONFIG, token=os.environ.get("HF_TOKEN") or None)
+    classifier = ToxicityClassifier.load(
+        CONFIG,
+        token=os.environ.get("HF_TOKEN") or None,
+        # The forward shares the CPU with Gradio's event loop and the tokenizer: on a 2-vCPU
+        # Space one intra-op thread can beat two (see the README's Speed section).
+        num_threads=_env_int("TORCH_NUM_THREADS"),
+    )
     info = ModelInfo(
         model_id=CONFIG.model_id,
         revision=CONFIG.revision,
-        device="cpu",
+        device=classifier.device,
         dtype=CONFIG.precision,
         demo=classifier.demo,
         extra={

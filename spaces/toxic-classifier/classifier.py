@@ -19,7 +19,13 @@ import yaml
 
 from shared.errors import InputError, ModelLoadError
 from shared.labels import TOXICITY_ALIASES, LabelMapper
-from shared.models import TRANSFORMERS_WEIGHTS, ModelSource, demo_info, resolve_model
+from shared.models import (
+    TRANSFORMERS_WEIGHTS,
+    ModelSource,
+    demo_info,
+    resolve_model,
+    select_device,
+)
 from shared.text import ArabicNormalization, TextLimits, check_text, normalize_arabic
 
 logger = logging.getLogger(__name__)
@@ -49,6 +55,8 @@ class ClassifierConfig:
     max_batch: int = 64
     # Numeric precision of the forward pass on CPU.
     precision: Precision = "fp32"
+    # "auto" (a GPU when one is visible), "cpu" or "cuda".
+    device: Literal["auto", "cpu", "cuda"] = "auto"
 
     @classmethod
     def load(cls, path: Path = CONFIG_PATH, **overrides: Any) -> ClassifierConfig:
@@ -73,6 +81,8 @@ class ClassifierConfig:
             raise ModelLoadError(f"threshold must be in [0, 1], got {raw['threshold']}")
         if raw.get("precision", "fp32") not in ("fp32", "bf16", "int8"):
             raise ModelLoadError(f"precision must be fp32, bf16 or int8, got {raw['precision']!r}")
+        if raw.get("device", "auto") not in ("auto", "cpu", "cuda"):
+            raise ModelLoadError(f"device must be auto, cpu or cuda, got {raw['device']!r}")
         return cls(**raw)
 
 
@@ -149,6 +159,7 @@ class ToxicityClassifier:
         positions = getattr(model.config, "max_position_embeddings", 512)
         self.max_length = min(int(tokenizer.model_max_length), int(positions))
         self.limits = TextLimits(max_chars=config.max_chars)
+        self.device = str(next(model.parameters(), torch.empty(0)).device)
 
     @classmethod
     def load(
@@ -179,7 +190,10 @@ class ToxicityClassifier:
         folder = resolve_model(source, required=["config.json", TRANSFORMERS_WEIGHTS], token=token)
         tokenizer = AutoTokenizer.from_pretrained(folder)
         model = AutoModelForSequenceClassification.from_pretrained(folder).eval()
-        model = _apply_precision(model, config.precision)
+        device = select_device(config.device).device
+        if device == "cuda" and config.precision == "int8":
+            raise ModelLoadError("precision int8 is a CPU path: use fp32 or bf16 on a GPU")
+        model = _apply_precision(model, config.precision).to(device)
         label_map_file = folder / "label_map.json"
         return cls(
             model,
@@ -211,7 +225,8 @@ class ToxicityClassifier:
         )
         truncated = [self._was_truncated(t) for t in texts]
         with torch.inference_mode():
-            logits = self.model(**encoded).logits.float()  # (batch, num_labels)
+            encoded = encoded.to(self.device)
+            logits = self.model(**encoded).logits.float().cpu()  # (batch, num_labels)
         probs = torch.sigmoid(logits) if self.multi_label else torch.softmax(logits, dim=-1)
         return probs, truncated
 
