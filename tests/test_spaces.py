@@ -64,6 +64,27 @@ def test_front_matter_names_the_installed_gradio(name):
 
 
 @pytest.mark.parametrize("name", SPACES)
+def test_dockerfile_follows_the_docker_space_layout(name):
+    """No Docker engine runs here: check the file statically against HF's documented layout."""
+    meta = read_front_matter(SPACES_DIR / name / "README.md")
+    if meta["sdk"] != "docker":
+        pytest.skip("not a Docker Space")
+    lines = [
+        line.strip()
+        for line in (SPACES_DIR / name / "Dockerfile").read_text().splitlines()
+        if line.strip() and not line.lstrip().startswith("#")
+    ]
+    assert lines[0].startswith("FROM python:3.11")
+    assert any(re.search(r"useradd .*-u 1000 user", line) for line in lines)
+    assert "USER user" in lines
+    assert any(line.startswith("WORKDIR") and "/app" in line for line in lines)
+    assert any(line.startswith("COPY --chown=user . ") for line in lines)
+    assert f"EXPOSE {meta.get('app_port', 7860)}" in lines
+    assert lines[-1] in ('CMD ["python", "app.py"]', "CMD python app.py")
+    assert lines.index("USER user") < next(i for i, x in enumerate(lines) if "pip install" in x)
+
+
+@pytest.mark.parametrize("name", SPACES)
 def test_readme_documents_predict_and_health(name):
     readme = (SPACES_DIR / name / "README.md").read_text()
     assert 'api_name="/predict"' in readme

@@ -1,0 +1,1 @@
+"""Speed benchmarks: each prints a table against a named baseline measured in the same run."""

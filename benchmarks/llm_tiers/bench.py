@@ -1,0 +1,293 @@
+"""Benchmark of the llm-tiers engine against a ``pipeline("text-generation")`` baseline.
+
+Builds a ~0.5B-parameter Mistral-shaped model with random weights in a temp dir, loads it for all
+four tiers through the Space's own registry (they share the weights), and measures, in one run:
+
+- time to first token (TTFT) and tokens/s for one stream,
+- aggregate tokens/s with 8 concurrent streams,
+- the same for the baseline: ``pipeline("text-generation")`` per request, no streaming, no
+  batching, one request at a time (Gradio's default ``concurrency_limit=1``),
+- transformers' own continuous batching (``model.generate_batch``) on 8 prompts, to show
+  whether it fits this CPU,
+- peak RSS with all four tiers loaded.
+
+Every request generates exactly ``--new-tokens`` tokens (end-of-sequence ignored) from the same
+prompt length, greedy. Prints a markdown table and, with ``--write-readme``, puts it into the
+Space README between the ``bench:start`` / ``bench:end`` markers.
+
+Run: ``.venv/bin/python benchmarks/llm_tiers/bench.py --write-readme`` from the repo root.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import platform
+import resource
+import shutil
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+SPACE = ROOT / "spaces" / "llm-tiers"
+sys.path.insert(0, str(SPACE))
+sys.path.insert(0, str(ROOT))
+
+import torch  # noqa: E402
+
+from engine import GenerationRequest  # noqa: E402
+from tiers import TierRegistry, load_config  # noqa: E402
+
+logger = logging.getLogger("bench")
+
+PROMPT = "Write a short summary of the quarterly report for our customers."
+
+
+@dataclass(frozen=True)
+class Row:
+    """One line of the results table."""
+
+    # What was measured.
+    name: str
+    # Concurrent streams.
+    streams: int
+    # Mean time to first token, seconds (for the baseline: the whole request).
+    ttft_s: float | None
+    # Tokens per second of one stream (streams == 1) or of all streams together.
+    tokens_per_s: float
+    # Free text (errors, notes).
+    note: str = ""
+
+
+def build_model(folder: Path, *, layers: int, hidden: int) -> int:
+    """Write a random Mistral-shaped model plus the demo tokenizer; return its parameter count."""
+    from transformers import AutoTokenizer, MistralConfig, MistralForCausalLM
+
+    demo = ROOT / "build" / "demo-models" / "mistral-tiny"
+    if not demo.is_dir():
+        subprocess.run(
+            [sys.executable, str(ROOT / "scripts" / "build_demo_models.py"), str(demo.parent)],
+            check=True,
+        )
+    tokenizer = AutoTokenizer.from_pretrained(demo)
+    config = MistralConfig(
+        vocab_size=32000,
+        hidden_size=hidden,
+        intermediate_size=hidden * 4,
+        num_hidden_layers=layers,
+        num_attention_heads=hidden // 64,
+        num_key_value_heads=max(1, hidden // 128),
+        head_dim=64,
+        max_position_embeddings=4096,
+        sliding_window=None,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.eos_token_id,
+        tie_word_embeddings=False,
+    )
+    torch.manual_seed(0)
+    model = MistralForCausalLM(config)
+    model.save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    (folder / "demo_weights.json").write_text(json.dumps({"demo": True, "note": "benchmark"}))
+    return sum(p.numel() for p in model.parameters())
+
+
+def rss_peak_mb() -> float:
+    """Peak resident set size of this process so far, MiB."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def engine_run(registry: TierRegistry, tiers: list[str], ids: tuple[int, ...], new: int) -> Row:
+    """``len(tiers)`` concurrent streams, one per tier name given (tiers share one engine)."""
+    streams = []
+    start = time.perf_counter()
+    firsts: list[float] = []
+    for tier in tiers:
+        engine = registry.get(tier).engine
+        streams.append(engine.submit(GenerationRequest(ids, new, ignore_eos=True)))
+
+    def consume(stream: object) -> None:
+        first = None
+        for _ in stream:  # type: ignore[attr-defined]
+            if first is None:
+                first = time.perf_counter() - start
+        firsts.append(first or 0.0)
+
+    threads = [threading.Thread(target=consume, args=(s,)) for s in streams]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    wall = time.perf_counter() - start
+    total = sum(s.result.generated_tokens for s in streams)
+    assert total == new * len(tiers), total
+    return Row("llm-tiers engine (batched, streaming)", len(tiers), sum(firsts) / len(firsts),
+               total / wall)  # fmt: skip
+
+
+def baseline_run(pipe: object, n: int, new: int) -> Row:
+    """``n`` requests through ``pipeline`` one at a time (no streaming, no batching)."""
+    start = time.perf_counter()
+    latencies = []
+    for _ in range(n):
+        t = time.perf_counter()
+        pipe(PROMPT, max_new_tokens=new, min_new_tokens=new, do_sample=False,  # type: ignore[operator]
+             return_full_text=False)  # fmt: skip
+        latencies.append(time.perf_counter() - t)
+    wall = time.perf_counter() - start
+    # Requests queue behind each other: the k-th waits for all before it.
+    ttft = latencies[0] if n == 1 else None
+    return Row('baseline: pipeline("text-generation")', n, ttft, n * new / wall)
+
+
+def continuous_batching_run(model: object, ids: tuple[int, ...], n: int, new: int,
+                            timeout: float) -> Row:  # fmt: skip
+    """transformers' ``generate_batch`` on ``n`` prompts (in a thread, with a time limit)."""
+    from transformers import GenerationConfig
+
+    outcome: dict[str, object] = {}
+
+    def go() -> None:
+        try:
+            config = GenerationConfig(max_new_tokens=new, do_sample=False, eos_token_id=-1)
+            start = time.perf_counter()
+            out = model.generate_batch(  # type: ignore[attr-defined]
+                inputs=[list(ids)] * n, generation_config=config, progress_bar=False
+            )
+            outcome["wall"] = time.perf_counter() - start
+            outcome["tokens"] = sum(len(o.generated_tokens) for o in out.values())
+        except Exception as e:  # report, don't crash the benchmark
+            outcome["error"] = f"{type(e).__name__}: {str(e)[:120]}"
+
+    thread = threading.Thread(target=go, daemon=True)
+    thread.start()
+    thread.join(timeout)
+    name = "transformers continuous batching (generate_batch)"
+    if thread.is_alive():
+        return Row(name, n, None, 0.0, f"did not finish in {timeout:.0f} s")
+    if "error" in outcome:
+        return Row(name, n, None, 0.0, f"failed: {outcome['error']}")
+    tokens, wall = int(outcome["tokens"]), float(outcome["wall"])  # type: ignore[arg-type]
+    return Row(name, n, None, tokens / wall, "no streaming; includes warmup")
+
+
+def table(rows: list[Row], meta: dict[str, str]) -> str:
+    """The markdown results table, with the run's facts above it."""
+    lines = [
+        f"Model: {meta['model']}; {meta['machine']}; torch {torch.__version__}, "
+        f"{torch.get_num_threads()} threads; prompt {meta['prompt_tokens']} tokens, "
+        f"{meta['new_tokens']} new tokens per request, greedy; best of {meta['repeats']} "
+        "alternating runs per configuration.",
+        "",
+        "| configuration | streams | TTFT (s) | tokens/s | vs baseline | note |",
+        "|---|---:|---:|---:|---:|---|",
+    ]
+    base = {r.streams: r.tokens_per_s for r in rows if r.name.startswith("baseline")}
+    for r in rows:
+        ratio = (f"{r.tokens_per_s / base[r.streams]:.2f}x"
+                 if r.streams in base and r.tokens_per_s else "")  # fmt: skip
+        ttft = f"{r.ttft_s:.2f}" if r.ttft_s is not None else "n/a"
+        lines.append(f"| {r.name} | {r.streams} | {ttft} | {r.tokens_per_s:.2f} | {ratio} | "
+                     f"{r.note} |")  # fmt: skip
+    lines += ["", f"Peak RSS with all four tiers loaded (shared weights): {meta['rss']}."]
+    return "\n".join(lines)
+
+
+def write_readme(text: str) -> None:
+    """Replace the block between the benchmark markers of the Space README."""
+    readme = SPACE / "README.md"
+    content = readme.read_text(encoding="utf-8")
+    start, end = "<!-- bench:start -->", "<!-- bench:end -->"
+    if start not in content or end not in content:
+        raise SystemExit(f"{readme} lacks the {start} / {end} markers")
+    head, rest = content.split(start, 1)
+    _, tail = rest.split(end, 1)
+    readme.write_text(f"{head}{start}\n{text}\n{end}{tail}", encoding="utf-8")
+
+
+def main() -> None:
+    """Build the model, run every configuration, print the table."""
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--layers", type=int, default=28, help="decoder layers (28: ~0.5B)")
+    parser.add_argument("--hidden", type=int, default=1024, help="hidden size")
+    parser.add_argument("--new-tokens", type=int, default=24, help="tokens per request")
+    parser.add_argument("--repeats", type=int, default=2, help="runs per configuration (best kept)")
+    parser.add_argument("--streams", type=int, default=8, help="concurrent streams")
+    parser.add_argument("--cb-timeout", type=float, default=150, help="seconds for generate_batch")
+    parser.add_argument("--write-readme", action="store_true", help="update the Space README")
+    args = parser.parse_args()
+    logging.basicConfig(level=logging.WARNING)
+    torch.set_grad_enabled(False)
+
+    folder = Path(tempfile.mkdtemp(prefix="llm-tiers-bench-"))
+    try:
+        t = time.perf_counter()
+        params = build_model(folder, layers=args.layers, hidden=args.hidden)
+        print(f"built {params / 1e6:.0f}M-parameter model in {time.perf_counter() - t:.0f}s",
+              flush=True)  # fmt: skip
+        tiers = ["base", "company", "abstraction", "user"]
+        overrides = {f"TIER_{name.upper()}_MODEL": str(folder) for name in tiers}
+        config = load_config(SPACE / "tiers.yaml", overrides)
+        registry = TierRegistry(config, device="cpu")
+        for name in tiers:
+            registry.get(name)
+        rss = rss_peak_mb()
+        loaded = registry.get("base")
+        tokenizer = loaded.tokenizer
+        ids = tuple(tokenizer(PROMPT)["input_ids"])
+        new = args.new_tokens
+
+        from transformers import pipeline
+
+        model = loaded.engine.model
+        pipe = pipeline("text-generation", model=model, tokenizer=tokenizer, device="cpu")
+        # Warm up (first calls allocate and pick kernels).
+        engine_run(registry, ["base"], ids, 4)
+        baseline_run(pipe, 1, 4)
+        streams = (tiers * args.streams)[: args.streams]  # the 8 streams spread over the tiers
+        # Configurations alternate and each keeps its best of --repeats runs, so a burst of load
+        # from other processes on a shared machine does not land on one side only.
+        runs: dict[str, list[Row]] = {}
+        for _ in range(args.repeats):
+            for key, run in (
+                ("engine-1", lambda: engine_run(registry, ["base"], ids, new)),
+                ("baseline-1", lambda: baseline_run(pipe, 1, new)),
+                ("engine-n", lambda: engine_run(registry, streams, ids, new)),
+                ("baseline-n", lambda: baseline_run(pipe, args.streams, new)),
+            ):
+                runs.setdefault(key, []).append(run())
+                print(runs[key][-1], flush=True)
+        rows = [max(runs[key], key=lambda r: r.tokens_per_s) for key in runs]
+        rows = [rows[0], rows[2], rows[1], rows[3]]
+        registry.shutdown()
+        rows.append(continuous_batching_run(model, ids, args.streams, new, args.cb_timeout))
+        print(rows[-1], flush=True)
+
+        meta = {
+            "model": f"random MistralForCausalLM, {params / 1e6:.0f}M parameters, fp32",
+            "machine": f"{os.cpu_count()} CPU cores ({platform.machine()})",
+            "prompt_tokens": str(len(ids)),
+            "new_tokens": str(new),
+            "repeats": str(args.repeats),
+            "rss": f"{rss:.0f} MiB ({loaded.nbytes / 2**20:.0f} MiB of weights)",
+        }
+        text = table(rows, meta)
+        print()
+        print(text)
+        if args.write_readme:
+            write_readme(text)
+            print(f"\nwrote the table into {SPACE / 'README.md'}")
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()

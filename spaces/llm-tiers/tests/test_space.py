@@ -1,0 +1,355 @@
+"""The launched Space, through the clients its users run: InferenceClient, openai, gradio_client,
+httpx (curl). One Space for the module: demo weights for every tier, a LoRA adapter on the
+company tier, an API key, and a user tier that takes one request at a time (for 429)."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+from huggingface_hub import InferenceClient
+from huggingface_hub.errors import ValidationError
+from openai import AuthenticationError, NotFoundError, OpenAI
+from pydantic import BaseModel, Field
+
+KEY = "test-secret"
+AUTH = {"Authorization": f"Bearer {KEY}"}
+TIERS = ["base", "company", "abstraction", "user"]
+
+
+@pytest.fixture(scope="module")
+def adapter(demo_models, tmp_path_factory) -> Path:
+    """A LoRA adapter (non-zero, so it changes the output) on the demo Mistral."""
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    base = AutoModelForCausalLM.from_pretrained(demo_models["llm-tiers"]["TIER_BASE_MODEL"])
+    config = LoraConfig(r=4, target_modules=["q_proj", "v_proj"], init_lora_weights=False)
+    out = tmp_path_factory.mktemp("company-lora")
+    get_peft_model(base, config).save_pretrained(out)
+    return out
+
+
+@pytest.fixture(scope="module")
+def space(launch_space, adapter):
+    return launch_space(
+        "llm-tiers",
+        API_KEY=KEY,
+        TIER_COMPANY_ADAPTER=str(adapter),
+        TIER_USER_MAX_CONCURRENT_REQUESTS="1",
+        TIER_ABSTRACTION_MAX_NEW_TOKENS="64",
+    )
+
+
+def post(space, path, body, **kw):
+    return space.http.post(path, json=body, headers=AUTH, **kw)
+
+
+def tgi(space, tier=None) -> InferenceClient:
+    return InferenceClient(space.url + (f"/tiers/{tier}" if tier else ""), token=KEY)
+
+
+class Person(BaseModel):
+    name: str = Field(max_length=12)
+    age: int = Field(ge=0, le=120)
+    member: bool
+
+
+# ---- service routes -----------------------------------------------------------------------------
+
+
+def test_health_and_info_are_open(space):
+    assert space.http.get("/health").json()["status"] == "ok"
+    info = space.http.get("/info").json()
+    assert info["tier"] == "base" and info["max_total_tokens"] > 0 and info["version"]
+    company = space.http.get("/tiers/company/info").json()
+    assert company["adapter"] and company["tier"] == "company"
+    assert space.http.get("/tiers/user/health").status_code == 200
+
+
+def test_unknown_tier_is_404_listing_tiers(space):
+    for response in (
+        space.http.get("/tiers/gold/info"),
+        post(space, "/tiers/gold/generate", {"inputs": "hi"}),
+        post(space, "/api/generate", {"inputs": "hi", "tier": "gold"}),
+    ):
+        assert response.status_code == 404
+        body = response.json()
+        assert body["error_type"] == "not_found"
+        assert all(t in body["error"] for t in TIERS)
+
+
+def test_auth_required_on_generation_routes(space):
+    body = {"inputs": "hi", "parameters": {"max_new_tokens": 2}}
+    assert space.http.post("/generate", json=body).status_code == 401
+    wrong = space.http.post("/generate", json=body, headers={"Authorization": "Bearer nope"})
+    assert wrong.status_code == 401 and wrong.json()["error_type"] == "authentication"
+    assert space.http.post("/api/generate", json=body).status_code == 401
+    with pytest.raises(Exception, match="bearer token"):
+        InferenceClient(space.url).text_generation("hi", max_new_tokens=2)
+    with pytest.raises(AuthenticationError):
+        OpenAI(base_url=space.url + "/v1", api_key="nope").models.list()
+
+
+# ---- TGI with InferenceClient -------------------------------------------------------------------
+
+
+def test_inference_client_text_generation(space):
+    for client in (tgi(space), tgi(space, "base"), tgi(space, "user")):
+        text = client.text_generation("Hello", max_new_tokens=8)
+        assert isinstance(text, str)
+    out = tgi(space, "base").text_generation("Hello", max_new_tokens=8, details=True)
+    assert out.details.finish_reason in ("length", "eos_token")
+    assert 1 <= out.details.generated_tokens <= 8
+    assert len(out.details.tokens) == out.details.generated_tokens
+
+
+def test_inference_client_streaming(space):
+    client = tgi(space, "abstraction")
+    tokens = list(client.text_generation("Hello", max_new_tokens=6, stream=True))
+    assert 1 <= len(tokens) <= 6 and all(isinstance(t, str) for t in tokens)
+    events = list(client.text_generation("Hello", max_new_tokens=6, stream=True, details=True))
+    assert all(e.generated_text is None for e in events[:-1])
+    last = events[-1]
+    assert last.generated_text is not None and last.details.generated_tokens == len(events)
+    assert last.details.finish_reason in ("length", "eos_token")
+
+
+def test_seed_is_reproducible_and_reported(space):
+    client = tgi(space, "base")
+    kwargs = {"max_new_tokens": 12, "do_sample": True, "temperature": 0.9}
+    a = client.text_generation("Once", seed=11, details=True, **kwargs)
+    b = client.text_generation("Once", seed=11, details=True, **kwargs)
+    others = {client.text_generation("Once", seed=s, **kwargs) for s in range(12, 16)}
+    assert a.generated_text == b.generated_text and a.details.seed == 11
+    assert len(others | {a.generated_text}) > 1
+
+
+def test_stop_sequences_and_return_full_text(space):
+    client = tgi(space, "base")
+    full = client.text_generation("Story", max_new_tokens=30, seed=2, do_sample=True)
+    stop = full[6:8]
+    cut = client.text_generation(
+        "Story", max_new_tokens=30, seed=2, do_sample=True, stop=[stop], details=True
+    )
+    assert cut.details.finish_reason == "stop_sequence"
+    assert cut.generated_text.endswith(stop) and full.startswith(cut.generated_text)
+    with_prompt = client.text_generation("Story", max_new_tokens=4, return_full_text=True)
+    assert with_prompt.startswith("Story")
+
+
+def test_root_route_list_and_stream(space):
+    body = {"inputs": "Hi", "parameters": {"max_new_tokens": 4}}
+    listed = post(space, "/", body)
+    assert listed.status_code == 200 and isinstance(listed.json()[0]["generated_text"], str)
+    lines = post(space, "/tiers/company", {**body, "stream": True}).text.strip().splitlines()
+    events = [json.loads(line[len("data:") :]) for line in lines if line.startswith("data:")]
+    assert events and events[-1]["generated_text"] is not None
+    assert [e["index"] for e in events] == list(range(1, len(events) + 1))
+
+
+def test_grammar_json_schema(space):
+    client = tgi(space, "base")
+    grammar = {"type": "json", "value": Person.model_json_schema()}
+    for seed in range(3):
+        text = client.text_generation(
+            "Describe a person as JSON", max_new_tokens=300, seed=seed, do_sample=True,
+            grammar=grammar,
+        )  # fmt: skip
+        Person.model_validate(json.loads(text))
+
+
+def test_bad_grammar_is_422(space):
+    with pytest.raises(ValidationError, match="Grammar is not valid"):
+        tgi(space).text_generation(
+            "x", max_new_tokens=4, grammar={"type": "json", "value": {"type": "nonsense"}}
+        )
+
+
+# ---- the users' /api/generate --------------------------------------------------------------------
+
+
+def test_api_generate_users_shape(space):
+    body = {"inputs": "What is our refund policy?",
+            "parameters": {"max_new_tokens": 10, "temperature": 0.7}}  # fmt: skip
+    for tier in (None, *TIERS):
+        answer = post(space, "/api/generate", {**body, **({"tier": tier} if tier else {})})
+        assert answer.status_code == 200, answer.text
+        assert set(answer.json()) == {"generated_text"}
+    mismatch = post(space, "/api/generate", {**body, "revision": "v2"})
+    assert mismatch.status_code == 409 and "revision" in mismatch.json()["error"]
+
+
+# ---- OpenAI -------------------------------------------------------------------------------------
+
+
+def openai_client(space) -> OpenAI:
+    return OpenAI(base_url=space.url + "/v1", api_key=KEY)
+
+
+def test_openai_models_and_chat(space):
+    client = openai_client(space)
+    assert [m.id for m in client.models.list()] == TIERS
+    done = client.chat.completions.create(
+        model="company",
+        messages=[{"role": "user", "content": "Hi"}],
+        max_tokens=8,
+        temperature=0,
+    )
+    choice = done.choices[0]
+    assert isinstance(choice.message.content, str) and choice.finish_reason in ("length", "stop")
+    assert 1 <= done.usage.completion_tokens <= 8 and done.usage.prompt_tokens > 0
+    with pytest.raises(NotFoundError):
+        client.chat.completions.create(model="gold", messages=[{"role": "user", "content": "x"}])
+
+
+def test_openai_streaming(space):
+    chunks = list(
+        openai_client(space).chat.completions.create(
+            model="base",
+            messages=[
+                {"role": "system", "content": "Be brief."},
+                {"role": "user", "content": "Hi"},
+            ],
+            max_tokens=6,
+            stream=True,
+            stream_options={"include_usage": True},
+        )
+    )
+    assert chunks[0].choices[0].delta.role == "assistant"
+    finishes = [c.choices[0].finish_reason for c in chunks if c.choices]
+    assert finishes[-1] in ("length", "stop")
+    assert chunks[-1].usage is not None and 1 <= chunks[-1].usage.completion_tokens <= 6
+
+
+def test_openai_response_format(space):
+    client = openai_client(space)
+    done = client.chat.completions.create(
+        model="user",
+        messages=[{"role": "user", "content": "Who?"}],
+        max_tokens=300,
+        seed=4,
+        response_format={
+            "type": "json_schema",
+            "json_schema": {"name": "person", "schema": Person.model_json_schema()},
+        },
+    )
+    Person.model_validate_json(done.choices[0].message.content)
+
+
+# ---- bad input, limits, 429, disconnect ---------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("body", "needle"),
+    [
+        ({"inputs": ""}, "`inputs` cannot be empty"),
+        ({"inputs": "x", "parameters": {"max_new_tokens": 5000}}, "`max_new_tokens` must be <="),
+        ({"inputs": "word " * 3000, "parameters": {"max_new_tokens": 4}}, "`inputs` tokens"),
+        ({"inputs": "x", "parameters": {"max_new_tokens": "ten"}}, "max_new_tokens"),
+        ({"inputs": "x", "parameters": {"temperature": 0}}, "`temperature` must be strictly"),
+        ({"inputs": "x", "parameters": {"top_p": 1.0}}, "`top_p` must be > 0.0 and < 1.0"),
+        ({"inputs": "x", "parameters": {"stop": ["a", "b", "c", "d", "e"]}}, "stop sequences"),
+        ({"inputs": 3}, "inputs"),
+        ({"parameters": {}}, "inputs"),
+    ],
+)
+def test_bad_input_is_422_with_tgi_body(space, body, needle):
+    response = post(space, "/generate", body)
+    assert response.status_code == 422, response.text
+    assert response.json()["error_type"] == "validation"
+    assert needle in response.json()["error"]
+
+
+def test_tier_cap_and_malformed_json(space):
+    capped = post(space, "/tiers/abstraction/generate",
+                  {"inputs": "x", "parameters": {"max_new_tokens": 65}})  # fmt: skip
+    assert capped.status_code == 422 and "<= 64" in capped.json()["error"]
+    broken = space.http.post(
+        "/generate",
+        content=b'{"inputs": "x",',
+        headers={**AUTH, "content-type": "application/json"},
+    )
+    assert broken.status_code == 422 and broken.json()["error_type"] == "validation"
+    assert space.http.get("/health").status_code == 200
+
+
+def _long_stream_body():
+    # A regex that cannot end before 1000 tokens, so the request stays busy however it samples.
+    grammar = {"type": "regex", "value": "[a-z ]{4000}"}
+    return {"inputs": "go", "parameters": {"max_new_tokens": 1000, "grammar": grammar}}
+
+
+def _engine_counters(space):
+    engines = space.http.get("/stats").json()["engines"]
+    return {key: value for key, value in engines.items() if "+" not in key}
+
+
+def test_queue_full_is_429_and_disconnect_cancels(space):
+    before = sum(e["cancelled"] for e in _engine_counters(space).values())
+    other = httpx.Client(base_url=space.url, headers=AUTH, timeout=60)
+    with other, other.stream("POST", "/tiers/user/generate_stream", json=_long_stream_body()) as r:
+        lines = r.iter_lines()  # keep a reference: a dropped iterator closes the response
+        assert next(lines).startswith("data:")
+        busy = post(space, "/tiers/user/generate", {"inputs": "hi"})
+        assert busy.status_code == 429
+        assert busy.json() == {"error": "Model is overloaded", "error_type": "overloaded"}
+        with pytest.raises(Exception, match="overloaded"):
+            tgi(space, "user").text_generation("hi", max_new_tokens=2)
+    # Leaving the block closed the connection mid-stream.
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        counters = _engine_counters(space).values()
+        if sum(e["cancelled"] for e in counters) > before and all(
+            e["active"] == 0 for e in counters
+        ):
+            break
+        time.sleep(0.2)
+    else:
+        pytest.fail(f"generation was not cancelled: {space.http.get('/stats').json()['engines']}")
+    assert post(space, "/tiers/user/generate", {"inputs": "hi"}).status_code == 200
+
+
+# ---- tiers share weights; the adapter tier does not ---------------------------------------------
+
+
+def test_tiers_share_weights_and_adapter_changes_output(space):
+    body = {"inputs": "The same prompt", "parameters": {"max_new_tokens": 12}}
+    base = post(space, "/tiers/base/generate", body).json()["generated_text"]
+    user = post(space, "/tiers/user/generate", body).json()["generated_text"]
+    company = post(space, "/tiers/company/generate", body).json()["generated_text"]
+    assert base == user  # same weights, greedy
+    assert company != base  # LoRA merged into its own copy
+    tiers = {t["tier"]: t for t in space.http.get("/tiers").json()["tiers"]}
+    assert set(tiers["base"]["shares_weights_with"]) == {"abstraction", "user"}
+    assert tiers["company"]["shares_weights_with"] == []
+    assert all(t["demo_weights"] for t in tiers.values())
+    assert space.http.get("/tiers").json()["loaded_models"] == 2
+
+
+# ---- Gradio ------------------------------------------------------------------------------------
+
+
+def test_gradio_predict_and_context(space):
+    text = space.client.predict("Hello", "base", 8, 0.7, "", api_name="/predict")
+    assert isinstance(text, str)
+    text = space.client.predict("Hi", "user", 8, 0, '{"name": "Ada"}', api_name="/predict")
+    assert isinstance(text, str)
+    with pytest.raises(ValueError, match="context must be a JSON object"):
+        space.client.predict("Hi", "user", 8, 0.7, "[1, 2]", api_name="/predict")
+    with pytest.raises(ValueError, match="not in the list of choices"):
+        space.client.predict("Hi", "gold", 8, 0.7, "", api_name="/predict")
+
+
+def test_gradio_variations_and_connection_test(space):
+    outputs = space.client.predict("Tell me", 3, "base", api_name="/variations")
+    assert len(outputs) == 3 and len(set(outputs)) == 3
+    ok = space.client.predict(space.url, "/api/generate", KEY, "", "company",
+                              api_name="/test_connection")  # fmt: skip
+    assert ok.startswith("✅")
+    denied = space.client.predict(space.url, "/api/generate", "wrong", "", "company",
+                                  api_name="/test_connection")  # fmt: skip
+    assert denied.startswith("❌") and "401" in denied
