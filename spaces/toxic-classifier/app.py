@@ -93,8 +93,8 @@ def load_engine() -> tuple[Engine, ModelInfo]:
     classifier = ToxicityClassifier.load(
         CONFIG,
         token=os.environ.get("HF_TOKEN") or None,
-        # The forward shares the CPU with Gradio's event loop and the tokenizer: on a 2-vCPU
-        # Space one intra-op thread can beat two (see the README's Speed section).
+        # Torch's default (a thread per core) is fastest on a quiet CPU; where other processes
+        # share the cores, 1 avoids threads waiting on each other (README, "Speed").
         num_threads=_env_int("TORCH_NUM_THREADS"),
     )
     info = ModelInfo(

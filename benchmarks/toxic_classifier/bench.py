@@ -1,0 +1,577 @@
+"""Benchmark the toxic-classifier Space against the naive Space it replaced, in one run.
+
+Serves a BERT-base-sized model (AraBERT v02 dimensions, random weights) and drives it with
+gradio_client at concurrency 1 and 16 with short (~20 words) and long (~200 words) Arabic texts:
+
+* baseline: the naive Space (``naive_app.py``: fp32 ``pipeline`` per request, no batching);
+* candidates: the real Space (``spaces/toxic-classifier/app.py``) at each precision asked for;
+* ceilings: the bare model in this process (``ToxicityClassifier.forward`` on preprocessed
+  batches, best batch size) and the real server with a no-op model (``noop_app.py``).
+
+Also checks that int8/bf16 keep p(harmful) within 0.02 of fp32 on the evaluation set.
+
+Usage (from the monorepo root; ``make bench-toxic`` runs the first line):
+    python -m benchmarks.toxic_classifier.bench [--quick] [--precisions fp32,int8,bf16] [--readme]
+
+Prints a markdown report and writes it to ``benchmarks/results/toxic_classifier.md``;
+``--readme`` also puts it in the Space README between the bench markers.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import datetime as dt
+import gc
+import itertools
+import logging
+import os
+import platform
+import statistics
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import psutil
+
+from benchmarks.toxic_classifier.workload import (
+    ROOT,
+    SPACE_DIR,
+    Texts,
+    build_model,
+    eval_texts,
+    make_texts,
+    token_counts,
+)
+from scripts.launcher import RunningSpace, start_space
+
+logger = logging.getLogger("bench")
+
+HERE = Path(__file__).resolve().parent
+RESULTS = ROOT / "benchmarks" / "results" / "toxic_classifier.md"
+README = SPACE_DIR / "README.md"
+START, END = "<!-- bench:start -->", "<!-- bench:end -->"
+TOLERANCE = 0.02
+HIGH_CONCURRENCY = 16
+
+
+@dataclass(frozen=True)
+class Plan:
+    """How much work each measurement does."""
+
+    # Requests per cell at concurrency 1 and at concurrency 16.
+    requests_c1: int
+    requests_c16: int
+    # Stop issuing new requests after this many seconds (in-flight ones finish).
+    cap_c1_s: float
+    cap_c16_s: float
+    # Seconds spent per batch size in the bare-model ceiling.
+    bare_s: float
+
+
+FULL = Plan(requests_c1=32, requests_c16=16 * 8, cap_c1_s=10, cap_c16_s=15, bare_s=3)
+QUICK = Plan(requests_c1=4, requests_c16=16, cap_c1_s=3, cap_c16_s=4, bare_s=0.5)
+
+
+@dataclass
+class Cell:
+    """One measured row: a server configuration, a text length, a concurrency."""
+
+    config: str
+    length: str
+    concurrency: int
+    requests: int
+    errors: int
+    rps: float
+    p50_ms: float
+    p95_ms: float
+    rss_mb: float
+
+
+@dataclass
+class Results:
+    """Everything one run measured."""
+
+    cells: list[Cell] = field(default_factory=list)
+    # (precision, length) -> (best requests/s, batch size, torch threads)
+    bare: dict[tuple[str, str], tuple[float, int, int]] = field(default_factory=dict)
+    # precision -> (max |Δp(harmful)|, max |Δ logit margin|) against fp32
+    drift: dict[str, tuple[float, float]] = field(default_factory=dict)
+    # spread (std) of the fp32 logit margin over the eval set, for scale
+    margin_std: float = 0.0
+    tokens: dict[str, tuple[int, int, float]] = field(default_factory=dict)
+    # candidate label -> its precision, in the order served
+    candidates: dict[str, str] = field(default_factory=dict)
+
+    def cell(self, config: str, length: str, concurrency: int) -> Cell | None:
+        for c in self.cells:
+            if (c.config, c.length, c.concurrency) == (config, length, concurrency):
+                return c
+        return None
+
+
+# -- in-process: precision drift and the bare-model ceiling ------------------------------------
+
+
+def _load_classifier(model_dir: Path, precision: str):
+    if str(SPACE_DIR) not in sys.path:
+        sys.path.insert(0, str(SPACE_DIR))
+    from classifier import CONFIG_PATH, ClassifierConfig, ToxicityClassifier
+
+    config = ClassifierConfig.load(CONFIG_PATH, model_id=str(model_dir), precision=precision)
+    return ToxicityClassifier.load(config)
+
+
+def _margins(clf, texts: list[str]):  # noqa: ANN001
+    """p(harmful) and the logit margin log p(harmful)/p(safe) for every text."""
+    import numpy as np
+
+    probs = []
+    for i in range(0, len(texts), 16):
+        p, _ = clf.forward(clf.preprocess_all(texts[i : i + 16]))
+        probs.append(p.double().numpy())
+    p = np.concatenate(probs)
+    harmful = clf.raw_labels.index("LABEL_1")
+    return p[:, harmful], np.log(p[:, harmful]) - np.log(p[:, 1 - harmful])
+
+
+def bare_model(
+    model_dir: Path, precisions: Sequence[str], texts: Sequence[Texts], plan: Plan, out: Results
+) -> None:
+    """Precision drift on the eval set and the bare model's best requests/s per precision."""
+    import numpy as np
+
+    evaluation = eval_texts()
+    reference = None
+    for precision in precisions:
+        clf = _load_classifier(model_dir, precision)
+        p, margin = _margins(clf, evaluation)
+        if reference is None and precision == "fp32":
+            reference = (p, margin)
+            out.margin_std = float(np.std(margin))
+        if reference is not None and precision != "fp32":
+            out.drift[precision] = (
+                float(np.max(np.abs(p - reference[0]))),
+                float(np.max(np.abs(margin - reference[1]))),
+            )
+        import torch
+
+        default_threads = torch.get_num_threads()
+        for batch in texts:
+            sizes = (1, 8, 16) if batch.name == "short" else (1, 4)
+            best = (0.0, 0, 0)
+            for threads, size in itertools.product(sorted({default_threads, 1}), sizes):
+                torch.set_num_threads(threads)
+                prepared = clf.preprocess_all(
+                    list(itertools.islice(itertools.cycle(batch.texts), size))
+                )
+                clf.forward(prepared)  # warm-up
+                done, start = 0, time.perf_counter()
+                while done == 0 or time.perf_counter() - start < plan.bare_s:
+                    clf.forward(prepared)
+                    done += size
+                rps = done / (time.perf_counter() - start)
+                logger.info("bare %s %s batch %d, %d threads: %.1f req/s", precision,
+                            batch.name, size, threads, rps)  # fmt: skip
+                best = max(best, (rps, size, threads))
+            torch.set_num_threads(default_threads)
+            out.bare[(precision, batch.name)] = best
+        del clf
+        gc.collect()
+
+
+# -- servers ------------------------------------------------------------------------------------
+
+
+class PeakRSS:
+    """Samples a process tree's resident memory in a thread; ``reset`` starts a new peak."""
+
+    def __init__(self, pid: int, interval: float = 0.05) -> None:
+        self._process = psutil.Process(pid)
+        self._interval = interval
+        self.peak = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _rss(self) -> int:
+        try:
+            tree = [self._process, *self._process.children(recursive=True)]
+            return sum(p.memory_info().rss for p in tree)
+        except psutil.Error:
+            return 0
+
+    def _run(self) -> None:
+        while not self._stop.wait(self._interval):
+            self.peak = max(self.peak, self._rss())
+
+    def reset(self) -> None:
+        self.peak = self._rss()
+
+    def close(self) -> None:
+        self._stop.set()
+        self._thread.join()
+
+
+def _shim(name: str, script: Path) -> Path:
+    """A folder whose ``app.py`` runs ``script``: ``start_space`` runs ``app.py`` in a folder."""
+    folder = Path(tempfile.mkdtemp(prefix=f"bench-{name}-"))
+    (folder / "app.py").write_text(
+        "import runpy, sys\n"
+        f"sys.path.insert(0, {str(ROOT)!r})\n"
+        f"runpy.run_path({str(script)!r}, run_name='__main__')\n",
+        encoding="utf-8",
+    )
+    return folder
+
+
+@contextmanager
+def server(
+    kind: str, model_dir: Path, precision: str, extra_env: dict[str, str] | None = None
+) -> Iterator[RunningSpace]:
+    """Start ``naive``, ``space`` or ``noop`` on the benchmark model."""
+    env = {"MODEL_ID": str(model_dir), "PRECISION": precision, "TRANSFORMERS_VERBOSITY": "error"}
+    env |= extra_env or {}
+    if kind == "space":
+        manager = start_space("toxic-classifier", env, timeout=300)
+    else:
+        script = HERE / ("naive_app.py" if kind == "naive" else "noop_app.py")
+        manager = start_space(f"bench-{kind}", env, space_dir=_shim(kind, script), timeout=300)
+    with manager as running:
+        yield running
+
+
+def drive(clients: list, texts: list[str], concurrency: int, requests: int, cap_s: float):  # noqa: ANN201
+    """Send ``requests`` (or until ``cap_s``) from ``concurrency`` threads; latencies and wall."""
+    lock = threading.Lock()
+    counter = itertools.count()
+    latencies: list[float] = []
+    errors = [0]
+    start = time.perf_counter()
+    deadline = start + cap_s
+    finished = [start]
+
+    def worker(client) -> None:  # noqa: ANN001
+        while True:
+            with lock:
+                i = next(counter)
+            if i >= requests or time.perf_counter() > deadline:
+                return
+            t0 = time.perf_counter()
+            try:
+                client.predict(texts[i % len(texts)], api_name="/predict")
+            except Exception as e:  # a failed request is counted, not fatal
+                logger.warning("request failed: %s", e)
+                with lock:
+                    errors[0] += 1
+                continue
+            t1 = time.perf_counter()
+            with lock:
+                latencies.append(t1 - t0)
+                finished[0] = max(finished[0], t1)
+
+    threads = [threading.Thread(target=worker, args=(c,)) for c in clients[:concurrency]]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    return latencies, errors[0], finished[0] - start
+
+
+def _percentile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))] if ordered else 0.0
+
+
+def measure_server(
+    label: str, kind: str, model_dir: Path, precision: str, texts: Sequence[Texts], plan: Plan,
+    out: Results, concurrencies: Sequence[int] = (1, HIGH_CONCURRENCY),
+    extra_env: dict[str, str] | None = None,
+) -> None:  # fmt: skip
+    """Start one server and measure every (length, concurrency) cell on it."""
+    from gradio_client import Client
+
+    logger.info("starting %s", label)
+    with server(kind, model_dir, precision, extra_env) as running:
+        rss = PeakRSS(running.process.pid)
+        # ssl_verify=False: the servers are plain http on localhost, so it changes nothing on
+        # the wire, but gradio_client makes a new httpx client per request, and loading the CA
+        # bundle for each cost ~180 ms of CPU per request, on the cores the server needs.
+        clients = [
+            Client(running.url, verbose=False, ssl_verify=False) for _ in range(max(concurrencies))
+        ]
+        try:
+            for batch in texts:
+                # Warm-up: a few requests alone, then a short concurrent burst.
+                drive(clients, batch.texts, 1, 2, 30)
+                drive(clients, batch.texts, 4, 4, 30)
+                for concurrency in concurrencies:
+                    low = concurrency == 1
+                    rss.reset()
+                    latencies, errors, wall = drive(
+                        clients,
+                        batch.texts,
+                        concurrency,
+                        plan.requests_c1 if low else plan.requests_c16,
+                        plan.cap_c1_s if low else plan.cap_c16_s,
+                    )
+                    cell = Cell(
+                        config=label,
+                        length=batch.name,
+                        concurrency=concurrency,
+                        requests=len(latencies),
+                        errors=errors,
+                        rps=len(latencies) / wall if wall > 0 else 0.0,
+                        p50_ms=1000 * _percentile(latencies, 0.50),
+                        p95_ms=1000 * _percentile(latencies, 0.95),
+                        rss_mb=rss.peak / 2**20,
+                    )
+                    logger.info("%s", cell)
+                    out.cells.append(cell)
+        finally:
+            rss.close()
+            for client in clients:
+                with contextlib.suppress(Exception):  # closing is best effort
+                    client.close()
+
+
+# -- report -------------------------------------------------------------------------------------
+
+
+def _cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown CPU"
+
+
+def _cpu_flags() -> str:
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return ""
+    flags = sorted({f for f in text.split() if f.startswith(("avx512", "amx"))})
+    return ", ".join(flags)
+
+
+BASELINE = "naive (fp32 pipeline, no batching)"
+
+
+def _space_label(precision: str, threads: int | None = None) -> str:
+    return f"Space {precision}" + (f", {threads} torch thread" if threads else "")
+
+
+def lower_ceiling(res: Results, precision: str, length: str) -> float | None:
+    """min(bare model at this precision, no-op server at concurrency 16)."""
+    bare = res.bare.get((precision, length))
+    noop = res.cell("no-op model (server ceiling)", length, HIGH_CONCURRENCY)
+    values = [v for v in (bare[0] if bare else None, noop.rps if noop else None) if v]
+    return min(values) if values else None
+
+
+def report(res: Results, precisions: Sequence[str], command: str, loads: list[str]) -> str:
+    """The markdown report."""
+    import torch
+
+    lines = [
+        f"Measured {dt.datetime.now().astimezone():%Y-%m-%d %H:%M %Z} on {_cpu_model()}, "
+        f"{psutil.cpu_count(logical=True)} logical cores ({_cpu_flags()}), "
+        f"{psutil.virtual_memory().total / 2**30:.0f} GB RAM, no GPU; torch {torch.__version__}, "
+        f"{torch.get_num_threads()} intra-op threads. Load average (1 min) before/after: "
+        f"{' / '.join(loads)}.",
+        "",
+        f"Command: `{command}`",
+        "",
+        "Model: BertForSequenceClassification with AraBERT v02 dimensions (768 hidden, 12 layers, "
+        "12 heads, 3072 intermediate, 64,000-token vocabulary), random weights. Texts cut from "
+        "`data/eval.jsonl`: "
+        + ", ".join(
+            f"{name} = {lo}-{hi} tokens (mean {mean:.0f})"
+            for name, (lo, hi, mean) in res.tokens.items()
+        )
+        + ". The load generator (gradio_client, one `Client` per thread) runs on the same 2 cores "
+        "as the server, for the baseline and the candidates alike.",
+        "",
+        "| configuration | text | concurrency | req/s | p50 ms | p95 ms | peak RSS MB "
+        "| x baseline | % of lower ceiling |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for c in res.cells:
+        base = res.cell(BASELINE, c.length, c.concurrency)
+        ratio = f"{c.rps / base.rps:.2f}x" if base and base.rps else "-"
+        precision = "fp32" if c.config == BASELINE else res.candidates.get(c.config)
+        ceiling = lower_ceiling(res, precision, c.length) if precision else None
+        share = (
+            f"{100 * c.rps / ceiling:.0f}%"
+            if ceiling and c.concurrency == HIGH_CONCURRENCY
+            else "-"
+        )
+        errors = f" ({c.errors} errors)" if c.errors else ""
+        lines.append(
+            f"| {c.config} | {c.length} | {c.concurrency} | {c.rps:.1f}{errors} | "
+            f"{c.p50_ms:.0f} | {c.p95_ms:.0f} | {c.rss_mb:.0f} | {ratio} | {share} |"
+        )
+    lines += [
+        "",
+        "Ceilings (what no served configuration can pass): the bare model in-process "
+        "(`ToxicityClassifier.forward` on preprocessed batches, tokenizer included, best batch "
+        "size and torch thread count) and the no-op server row above at concurrency 16.",
+        "",
+        "| precision | text | bare model req/s (batch, threads) | no-op server req/s "
+        "| lower ceiling |",
+        "|---|---|---:|---:|---:|",
+    ]
+    for (precision, length), (rps, size, threads) in res.bare.items():
+        noop = res.cell("no-op model (server ceiling)", length, HIGH_CONCURRENCY)
+        ceiling = lower_ceiling(res, precision, length)
+        lines.append(
+            f"| {precision} | {length} | {rps:.1f} ({size}, {threads}) | "
+            f"{f'{noop.rps:.1f}' if noop else '-'} | {f'{ceiling:.1f}' if ceiling else '-'} |"
+        )
+    if res.drift:
+        lines += [
+            "",
+            f"Precision against fp32 on the 240 eval texts (tolerance {TOLERANCE} on "
+            "p(harmful)). Random weights put every p(harmful) near 0.5, where a logit error "
+            "moves p by only a quarter of itself, so the logit margin log(p/(1-p)) is shown too, "
+            f"with the fp32 margins' spread (std {res.margin_std:.3f}) for scale.",
+            "",
+            "| precision | max abs Δp(harmful) | max abs Δ logit margin | within 0.02 |",
+            "|---|---:|---:|---|",
+        ]
+        for precision, (dp, dm) in res.drift.items():
+            # A trained model's p can sit where the softmax is steepest (p = 0.5): 0.25 * dm
+            # bounds Δp there, so require that too, not just the observed Δp.
+            ok = dp <= TOLERANCE and 0.25 * dm <= TOLERANCE
+            lines.append(f"| {precision} | {dp:.4f} | {dm:.4f} | {'yes' if ok else 'no'} |")
+    lines += ["", "Targets:", ""]
+    lines += targets(res)
+    return "\n".join(lines) + "\n"
+
+
+def targets(res: Results) -> list[str]:
+    """One line per (candidate, target), saying plainly whether it is met."""
+    out = []
+    for label, precision in res.candidates.items():
+        for length in ("short", "long"):
+            cand = res.cell(label, length, HIGH_CONCURRENCY)
+            base = res.cell(BASELINE, length, HIGH_CONCURRENCY)
+            ceiling = lower_ceiling(res, precision, length)
+            if cand and base and base.rps:
+                ratio = cand.rps / base.rps
+                out.append(
+                    f"- {label}, {length}, concurrency 16: {ratio:.2f}x the baseline's throughput "
+                    f"(target >= 4x): **{'met' if ratio >= 4 else 'NOT met'}**"
+                )
+            if cand and ceiling:
+                share = cand.rps / ceiling
+                out.append(
+                    f"- {label}, {length}, concurrency 16: {100 * share:.0f}% of the lower ceiling "
+                    f"(target >= 80%): **{'met' if share >= 0.8 else 'NOT met'}**"
+                )
+            cand1 = res.cell(label, length, 1)
+            base1 = res.cell(BASELINE, length, 1)
+            if cand1 and base1:
+                ok = cand1.p50_ms <= base1.p50_ms
+                out.append(
+                    f"- {label}, {length}, concurrency 1: p50 {cand1.p50_ms:.0f} ms vs baseline "
+                    f"{base1.p50_ms:.0f} ms (target: no worse): **{'met' if ok else 'NOT met'}**"
+                )
+        if precision in res.drift:
+            dp, dm = res.drift[precision]
+            ok = dp <= TOLERANCE and 0.25 * dm <= TOLERANCE
+            out.append(
+                f"- {label}: scores within {TOLERANCE} of fp32 (max abs Δp {dp:.4f}, "
+                f"max abs Δ margin {dm:.4f}): **{'met' if ok else 'NOT met'}**"
+            )
+    return out
+
+
+def write_readme(section: str, path: Path = README) -> None:
+    """Replace the text between the bench markers, adding a "## Speed" section the first time."""
+    text = path.read_text(encoding="utf-8")
+    block = f"{START}\n{section}{END}"
+    if START in text and END in text:
+        head, rest = text.split(START, 1)
+        _, tail = rest.split(END, 1)
+        text = head + block + tail
+    else:
+        text = text.rstrip("\n") + "\n\n## Speed\n\n" + block + "\n"
+    path.write_text(text, encoding="utf-8")
+
+
+# -- main ---------------------------------------------------------------------------------------
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--quick", action="store_true", help="few requests: a smoke run")
+    parser.add_argument(
+        "--precisions", default="fp32,int8", help="Space precisions to serve (fp32,int8,bf16)"
+    )
+    parser.add_argument(
+        "--single-thread",
+        default="int8",
+        help="precisions also served with TORCH_NUM_THREADS=1 (comma-separated, or none)",
+    )
+    parser.add_argument("--readme", action="store_true", help="write the table into the README")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+    logging.getLogger("httpx").setLevel(logging.WARNING)
+    precisions = [p.strip() for p in args.precisions.split(",") if p.strip()]
+    bad = sorted(set(precisions) - {"fp32", "bf16", "int8"})
+    if bad:
+        parser.error(f"unknown precision(s) {bad}; choose from fp32, bf16, int8")
+    single = {p.strip() for p in args.single_thread.split(",")} & set(precisions)
+    plan = QUICK if args.quick else FULL
+    command = "python -m benchmarks.toxic_classifier.bench " + " ".join(
+        argv if argv is not None else sys.argv[1:]
+    )
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+    loads = [f"{os.getloadavg()[0]:.2f}"]
+    started = time.monotonic()
+    model_dir = build_model()
+    short, long = make_texts()
+    res = Results()
+    res.tokens = {t.name: token_counts(model_dir, t) for t in (short, long)}
+    texts = (short, long)
+
+    # fp32 first: it is the reference for the drift check and the baseline's ceiling.
+    bare_model(model_dir, ["fp32", *[p for p in precisions if p != "fp32"]], texts, plan, res)
+    measure_server(BASELINE, "naive", model_dir, "fp32", texts, plan, res)
+    for precision in precisions:
+        variants = [None, 1] if precision in single else [None]
+        for threads in variants:
+            label = _space_label(precision, threads)
+            res.candidates[label] = precision
+            extra = {"TORCH_NUM_THREADS": str(threads)} if threads else None
+            measure_server(label, "space", model_dir, precision, texts, plan, res, extra_env=extra)
+    measure_server(
+        "no-op model (server ceiling)", "noop", model_dir, "fp32", texts, plan, res,
+        concurrencies=(HIGH_CONCURRENCY,),
+    )  # fmt: skip
+    loads.append(f"{os.getloadavg()[0]:.2f}")
+
+    section = report(res, precisions, command.strip(), loads)
+    section += f"\nWhole run: {statistics.fmean([time.monotonic() - started]) / 60:.1f} min.\n"
+    print(section)
+    RESULTS.parent.mkdir(parents=True, exist_ok=True)
+    RESULTS.write_text(section, encoding="utf-8")
+    logger.info("wrote %s", RESULTS)
+    if args.readme:
+        write_readme(section)
+        logger.info("updated %s", README)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
