@@ -101,7 +101,7 @@ def load_engine() -> tuple[Engine, ModelInfo]:
         model_id=CONFIG.model_id,
         revision=CONFIG.revision,
         device=classifier.device,
-        dtype=CONFIG.precision,
+        dtype=classifier.config.precision,
         demo=classifier.demo,
         extra={
             "threshold": CONFIG.threshold,

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal
 
@@ -55,6 +55,8 @@ class ClassifierConfig:
     max_batch: int = 64
     # Numeric precision of the forward pass on CPU.
     precision: Precision = "fp32"
+    # Most padded tokens in one forward pass; bigger batches are cut into length-sorted chunks.
+    batch_tokens: int = 2048
     # "auto" (a GPU when one is visible), "cpu" or "cuda".
     device: Literal["auto", "cpu", "cuda"] = "auto"
 
@@ -190,10 +192,14 @@ class ToxicityClassifier:
         folder = resolve_model(source, required=["config.json", TRANSFORMERS_WEIGHTS], token=token)
         tokenizer = AutoTokenizer.from_pretrained(folder)
         model = AutoModelForSequenceClassification.from_pretrained(folder).eval()
-        device = select_device(config.device).device
-        if device == "cuda" and config.precision == "int8":
-            raise ModelLoadError("precision int8 is a CPU path: use fp32 or bf16 on a GPU")
-        model = _apply_precision(model, config.precision).to(device)
+        choice = select_device(config.device)
+        precision: Precision = config.precision
+        if choice.device == "cuda" and precision == "int8":
+            # Dynamic int8 is a CPU kernel; a GPU gets its own fast dtype instead.
+            precision = "bf16" if choice.dtype == "bfloat16" else "fp32"
+            logger.info("int8 is CPU-only: running %s on the GPU", precision)
+        model = _apply_precision(model, precision).to(choice.device)
+        config = replace(config, precision=precision)
         label_map_file = folder / "label_map.json"
         return cls(
             model,
@@ -214,19 +220,37 @@ class ToxicityClassifier:
     # -- forward ------------------------------------------------------------------------------
 
     def forward(self, prepared: Sequence[Prepared]) -> tuple[torch.Tensor, list[bool]]:
-        """Run the model on a batch.
+        """Run the model on a batch, in length-sorted chunks of at most ``batch_tokens``.
+
+        Padding a short text to a long one's length wastes the work on the padding, and one
+        huge padded batch runs slower per token on CPU than a few cache-sized ones, so texts are
+        sorted by length and cut into chunks whose padded size stays within the budget.
 
         Returns:
-            Probabilities ``(batch, num_labels)`` and, per text, whether it was truncated.
+            Probabilities ``(batch, num_labels)`` in input order and, per text, whether it was
+            truncated.
         """
         texts = [p.text for p in prepared]
-        encoded = self.tokenizer(
-            texts, truncation=True, max_length=self.max_length, padding=True, return_tensors="pt"
-        )
+        ids = self.tokenizer(texts, truncation=True, max_length=self.max_length)["input_ids"]
+        order = sorted(range(len(texts)), key=lambda i: len(ids[i]))
+        logits = torch.empty(len(texts), self.model.config.num_labels)  # (batch, num_labels)
+        start = 0
+        while start < len(order):
+            end = start + 1
+            # Sorted ascending: the chunk's padded length is that of its last text.
+            while end < len(order) and (end - start + 1) * len(ids[order[end]]) <= max(
+                self.config.batch_tokens, len(ids[order[start]])
+            ):
+                end += 1
+            chunk = order[start:end]
+            encoded = self.tokenizer.pad(
+                {"input_ids": [ids[i] for i in chunk]}, padding=True, return_tensors="pt"
+            )
+            with torch.inference_mode():
+                out = self.model(**encoded.to(self.device)).logits  # (chunk, num_labels)
+            logits[chunk] = out.float().cpu()
+            start = end
         truncated = [self._was_truncated(t) for t in texts]
-        with torch.inference_mode():
-            encoded = encoded.to(self.device)
-            logits = self.model(**encoded).logits.float().cpu()  # (batch, num_labels)
         probs = torch.sigmoid(logits) if self.multi_label else torch.softmax(logits, dim=-1)
         return probs, truncated
 

@@ -42,6 +42,7 @@ def test_health_reports_model_and_demo_weights(space):
     assert body["model_id"].endswith("arabert-tiny")
     assert body["demo"] is True
     assert body["device"] == "cpu"
+    assert body["dtype"] == "int8"
     assert body["extra"]["label_map"] == {"LABEL_0": "safe", "LABEL_1": "harmful"}
 
 
@@ -87,7 +88,9 @@ def test_predict_batch_keeps_order(space):
     singles = [space.client.predict(t, api_name="/predict") for t in texts]
     for batched, single in zip(verdicts, singles, strict=True):
         check_verdict(batched)
-        assert batched["scores"]["harmful"] == pytest.approx(single["scores"]["harmful"], abs=1e-5)
+        # The Space runs dynamic int8, which scales activations per forward pass: a text's
+        # score moves by ~1e-4 with the company it is batched with.
+        assert batched["scores"]["harmful"] == pytest.approx(single["scores"]["harmful"], abs=2e-3)
     assert [v["truncated"] for v in verdicts] == [False, False, True]
 
 
@@ -133,7 +136,7 @@ def test_rest_inference_api_shape(space):
     assert len(many) == 2
     verdict = space.http.post("/api/predict", json={"data": [TOXIC]}).json()["data"][0]
     harmful = {r["label"]: r["score"] for r in many[0]}["harmful"]
-    assert harmful == pytest.approx(verdict["scores"]["harmful"], abs=1e-5)
+    assert harmful == pytest.approx(verdict["scores"]["harmful"], abs=2e-3)
 
 
 @pytest.mark.parametrize(

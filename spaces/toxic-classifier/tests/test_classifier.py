@@ -47,7 +47,7 @@ def variant(demo_dir: Path, tmp_path: Path, id2label: dict[int, str], **config) 
 
 @pytest.fixture(scope="module")
 def classifier(demo_dir) -> ToxicityClassifier:
-    return ToxicityClassifier.load(config_for(demo_dir))
+    return ToxicityClassifier.load(config_for(demo_dir, precision="fp32"))
 
 
 def test_label_map_file_beside_the_model_is_used(classifier):
@@ -91,6 +91,22 @@ def test_batch_equals_singles(classifier):
         assert verdict.scores["harmful"] == pytest.approx(single.scores["harmful"], abs=1e-5)
         assert verdict.truncated == single.truncated
     assert [v.truncated for v in batch] == [False, False, False, True]
+
+
+def test_token_budget_chunks_keep_order_and_scores(classifier):
+    texts = ["كلمة " * n for n in (300, 2, 150, 5, 400, 1, 90)]
+    whole = [v.scores["harmful"] for v in classifier.classify(texts)]
+    small = ToxicityClassifier(
+        classifier.model,
+        classifier.tokenizer,
+        replace(classifier.config, batch_tokens=16),
+        "m",
+        label_map_file=None,
+    )
+    chunked = [v.scores["harmful"] for v in small.classify(texts)]
+    singles = [classifier.classify_one(t).scores["harmful"] for t in texts]
+    assert chunked == pytest.approx(singles, abs=1e-5)
+    assert whole == pytest.approx(singles, abs=1e-5)
 
 
 def test_bad_inputs_name_the_text(classifier):

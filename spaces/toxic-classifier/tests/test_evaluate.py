@@ -90,7 +90,7 @@ def test_cli_on_the_demo_model(demo_models, tmp_path, capsys):
     code = main(
         [str(data), "--config", str(config), "--model-id", model, "--calibrate",
          "--target-recall", "0.9", "--plot", str(plot), "--report-json", str(report_path),
-         "--compare-precision", "int8"]
+         "--compare-precision", "int8", "--precision", "fp32"]
     )  # fmt: skip
     assert code == 0
     out = capsys.readouterr().out
