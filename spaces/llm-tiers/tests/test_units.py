@@ -124,3 +124,36 @@ def test_stop_sequence_ends_generation(tiny):
     cut = engine.generate(GenerationRequest(_ids(tokenizer, "s"), 40, sampling, stop=(stop,)))
     assert cut.finish_reason == "stop_sequence"
     assert cut.text.endswith(stop) and full.text.startswith(cut.text)
+
+
+def test_memory_budget_evicts_the_least_recently_used_model(demo_models, tmp_path):
+    import shutil
+
+    from tiers import TierRegistry
+
+    source = Path(demo_models["llm-tiers"]["TIER_BASE_MODEL"])
+    paths = {}
+    for tier in ("base", "company", "user"):
+        paths[tier] = tmp_path / tier
+        shutil.copytree(source, paths[tier])
+    size_gb = (source / "model.safetensors").stat().st_size / 2**30
+    config = load_config(
+        SPACE_DIR / "tiers.yaml",
+        {f"TIER_{t.upper()}_MODEL": str(p) for t, p in paths.items()},
+        memory_budget_gb=2.5 * size_gb,  # room for two of the three models
+    )
+    registry = TierRegistry(config, device="cpu")
+    try:
+        registry.get("base")
+        registry.get("company")
+        registry.get("base")  # company is now the least recently used
+        registry.get("user")
+        assert registry.loaded("base") is not None
+        assert registry.loaded("user") is not None
+        assert registry.loaded("company") is None
+        assert len(registry.models()) == 2
+        registry.get("company")  # loads again on demand, evicting base
+        assert registry.loaded("base") is None
+        assert registry.loaded("company") is not None
+    finally:
+        registry.shutdown()
