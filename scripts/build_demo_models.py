@@ -25,6 +25,8 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+from shared.text import ARABIC_PLACEHOLDERS
+
 logger = logging.getLogger("build_demo_models")
 
 # Any change to this file rebuilds the models instead of reusing stale folders.
@@ -34,7 +36,6 @@ SEED = 0
 ARABIC_LETTERS = [chr(c) for c in range(0x0621, 0x064B)] + ["ى", "ة", "ـ"]
 ARABIC_DIGITS = [chr(c) for c in range(0x0660, 0x066A)]
 ARABIC_PUNCT = ["،", "؛", "؟", "«", "»"]
-PLACEHOLDERS = ["[رابط]", "[بريد]", "[مستخدم]"]
 # Whole words so that common Arabic text is not all single letters; order fixes the ids.
 ARABIC_WORDS = (
     "في من على إلى عن مع هذا هذه ذلك التي الذي كان يكون قال لا لم لن ما هل أنا أنت انت هو هي نحن "
@@ -84,7 +85,7 @@ def build_arabert_tiny(out: Path) -> None:
         strip_accents=False,
     )
     # AraBERT's preprocessing placeholders are whole tokens, never split into letters.
-    tokenizer.add_tokens(PLACEHOLDERS)
+    tokenizer.add_tokens(list(ARABIC_PLACEHOLDERS))
     tokenizer.model_max_length = 512
     tokenizer.save_pretrained(out)
 

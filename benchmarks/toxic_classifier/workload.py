@@ -16,6 +16,8 @@ import logging
 from dataclasses import dataclass
 from pathlib import Path
 
+from shared.text import ARABIC_PLACEHOLDERS
+
 logger = logging.getLogger(__name__)
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -80,7 +82,7 @@ def build_model(out: Path | None = None) -> Path:
     wordpiece.train_from_iterator(_normalized(eval_texts()), trainer=trainer)
     learnt = sorted(wordpiece.get_vocab().items(), key=lambda kv: kv[1])
     vocab = [token for token, _ in learnt]
-    placeholders = ["[رابط]", "[بريد]", "[مستخدم]"]
+    placeholders = list(ARABIC_PLACEHOLDERS)
     padding = VOCAB_SIZE - len(vocab) - len(placeholders)
     vocab += [f"[unused{i}]" for i in range(padding)]
     tokenizer = BertTokenizer(

@@ -35,24 +35,16 @@ EXAMPLES = [
 ]
 
 
-def _env_float(name: str) -> float | None:
+def _env_number(name: str, kind: type[float] | type[int]) -> float | int | None:
+    """An optional numeric environment variable; a malformed value stops the Space at start."""
     value = os.environ.get(name)
     if value is None or value == "":
         return None
     try:
-        return float(value)
+        return kind(value)
     except ValueError as e:
-        raise SystemExit(f"{name} must be a number, got {value!r}") from e
-
-
-def _env_int(name: str) -> int | None:
-    value = os.environ.get(name)
-    if value is None or value == "":
-        return None
-    try:
-        return int(value)
-    except ValueError as e:
-        raise SystemExit(f"{name} must be an integer, got {value!r}") from e
+        raise SystemExit(f"{name} must be {'an integer' if kind is int else 'a number'}, "
+                         f"got {value!r}") from e  # fmt: skip
 
 
 def load_config() -> ClassifierConfig:
@@ -61,7 +53,7 @@ def load_config() -> ClassifierConfig:
         CONFIG_PATH,
         model_id=os.environ.get("MODEL_ID") or None,
         revision=os.environ.get("MODEL_REVISION") or None,
-        threshold=_env_float("HARMFUL_THRESHOLD"),
+        threshold=_env_number("HARMFUL_THRESHOLD", float),
         precision=os.environ.get("PRECISION") or None,
         device=os.environ.get("DEVICE") or None,
     )
@@ -95,7 +87,7 @@ def load_engine() -> tuple[Engine, ModelInfo]:
         token=os.environ.get("HF_TOKEN") or None,
         # Torch's default (a thread per core) is fastest on a quiet CPU; where other processes
         # share the cores, 1 avoids threads waiting on each other (README, "Speed").
-        num_threads=_env_int("TORCH_NUM_THREADS"),
+        num_threads=_env_number("TORCH_NUM_THREADS", int),
     )
     info = ModelInfo(
         model_id=CONFIG.model_id,
