@@ -47,6 +47,7 @@ _EXPORTS: dict[str, str] = {
     "ModelNotReady": "shared.serving",
     "RequestStats": "shared.serving",
     "Service": "shared.serving",
+    "gradio_endpoint": "shared.serving",
     "install_routes": "shared.serving",
     "serve": "shared.serving",
     "ARABIC_PLACEHOLDERS": "shared.text",

@@ -10,6 +10,7 @@ client sends takes the server down.
 from __future__ import annotations
 
 import functools
+import inspect
 import logging
 import threading
 import time
@@ -209,32 +210,73 @@ class Service(Generic[T]):
         return 503, body | {"status": "loading"}
 
     def endpoint(self, name: str) -> Callable[[Callable[P, R]], Callable[P, R]]:
-        """Decorate a Gradio handler: count it in ``/stats`` and turn errors into ``gr.Error``.
+        """Decorate a Gradio handler: see :func:`gradio_endpoint` (with this service's stats)."""
+        return gradio_endpoint(self.stats, name)
 
-        ``InputError`` keeps its message; ``ModelNotReady`` says to retry; anything else is
-        logged with its traceback and answered with a short generic message, so the server keeps
-        serving.
-        """
 
-        def decorate(fn: Callable[P, R]) -> Callable[P, R]:
+def gradio_endpoint(
+    stats: RequestStats,
+    name: str,
+    *,
+    user_errors: tuple[type[Exception], ...] = (InputError, ModelNotReady),
+    message: Callable[[Exception], str] = str,
+) -> Callable[[Callable[P, R]], Callable[P, R]]:
+    """Decorate a Gradio handler: count it in ``/stats`` and turn errors into ``gr.Error``.
+
+    ``user_errors`` keep their message (through ``message``); anything else is logged with its
+    traceback and answered with a short generic message, so the server keeps serving. Generator
+    handlers (streaming) are wrapped as generators.
+
+    Args:
+        stats: Where the request is counted.
+        name: The endpoint's name in ``/stats`` and in error messages.
+        user_errors: Exception types whose message is shown to the caller.
+        message: Turns a user error into the text shown.
+
+    Returns:
+        The decorator.
+    """
+
+    def convert(e: Exception) -> Exception:
+        import gradio as gr
+
+        if isinstance(e, gr.Error):
+            return e
+        if isinstance(e, user_errors):
+            return gr.Error(message(e))
+        logger.exception("%s failed", name)
+        return gr.Error(f"internal error in {name}: {type(e).__name__}")
+
+    def decorate(fn: Callable[P, R]) -> Callable[P, R]:
+        if inspect.isgeneratorfunction(fn):
+
             @functools.wraps(fn)
-            def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
-                import gradio as gr
-
-                with self.stats.track(name):
+            def stream(*args: P.args, **kwargs: P.kwargs) -> Any:
+                with stats.track(name):
                     try:
-                        return fn(*args, **kwargs)
-                    except gr.Error:
-                        raise
-                    except (InputError, ModelNotReady) as e:
-                        raise gr.Error(str(e)) from e
+                        yield from fn(*args, **kwargs)  # type: ignore[misc]
                     except Exception as e:
-                        logger.exception("%s failed", name)
-                        raise gr.Error(f"internal error in {name}: {type(e).__name__}") from e
+                        converted = convert(e)
+                        if converted is e:
+                            raise
+                        raise converted from e
 
-            return wrapper
+            return stream  # type: ignore[return-value]
 
-        return decorate
+        @functools.wraps(fn)
+        def call(*args: P.args, **kwargs: P.kwargs) -> R:
+            with stats.track(name):
+                try:
+                    return fn(*args, **kwargs)
+                except Exception as e:
+                    converted = convert(e)
+                    if converted is e:
+                        raise
+                    raise converted from e
+
+        return call
+
+    return decorate
 
 
 class DynamicBatcher(Generic[T, R]):

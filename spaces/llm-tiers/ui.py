@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import functools
-import inspect
 import json
 import logging
 import random
@@ -18,7 +16,7 @@ from engine import EngineOverloaded, GenerationFailed
 from protocol import GenerateParameters
 from service import TierGenerator
 from shared.errors import InputError, ModelLoadError
-from shared.serving import RequestStats
+from shared.serving import RequestStats, gradio_endpoint
 from tiers import TierNotFound
 
 logger = logging.getLogger(__name__)
@@ -32,40 +30,7 @@ def _endpoint(stats: RequestStats, name: str) -> Callable[[Callable[..., Any]], 
     def message(e: Exception) -> str:
         return str(e.args[0]) if isinstance(e, TierNotFound) else str(e)
 
-    def decorate(fn: Callable[..., Any]) -> Callable[..., Any]:
-        if inspect.isgeneratorfunction(fn):
-
-            @functools.wraps(fn)
-            def gen_wrapper(*args: Any) -> Iterator[Any]:
-                with stats.track(name):
-                    try:
-                        yield from fn(*args)
-                    except gr.Error:
-                        raise
-                    except _USER_ERRORS as e:
-                        raise gr.Error(message(e)) from e
-                    except Exception as e:
-                        logger.exception("%s failed", name)
-                        raise gr.Error(f"internal error in {name}: {type(e).__name__}") from e
-
-            return gen_wrapper
-
-        @functools.wraps(fn)
-        def wrapper(*args: Any) -> Any:
-            with stats.track(name):
-                try:
-                    return fn(*args)
-                except gr.Error:
-                    raise
-                except _USER_ERRORS as e:
-                    raise gr.Error(message(e)) from e
-                except Exception as e:
-                    logger.exception("%s failed", name)
-                    raise gr.Error(f"internal error in {name}: {type(e).__name__}") from e
-
-        return wrapper
-
-    return decorate
+    return gradio_endpoint(stats, name, user_errors=_USER_ERRORS, message=message)
 
 
 def _parse_context(context: str | None) -> dict[str, Any] | None:

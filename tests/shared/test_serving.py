@@ -18,6 +18,7 @@ from shared.serving import (
     ModelNotReady,
     RequestStats,
     Service,
+    gradio_endpoint,
     install_routes,
 )
 
@@ -180,3 +181,19 @@ def test_batcher_propagates_errors_and_keeps_working():
     with pytest.raises(ZeroDivisionError):
         batcher.submit(0)
     assert batcher.submit(1) == 1
+
+
+def test_gradio_endpoint_wraps_streaming_handlers():
+    stats = RequestStats()
+
+    @gradio_endpoint(stats, "stream")
+    def stream(n: int):
+        yield from range(n)
+        if n == 2:
+            raise InputError("two is too many")
+
+    assert list(stream(1)) == [0]
+    with pytest.raises(gr.Error, match="two is too many"):
+        list(stream(2))
+    counts = stats.snapshot()["endpoints"]["stream"]
+    assert (counts["count"], counts["errors"]) == (2, 1)
