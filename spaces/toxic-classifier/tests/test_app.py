@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import concurrent.futures
 import json
+import threading
 
 import pytest
+from gradio_client import Client
 from gradio_client.exceptions import AppError
 
 from tests.harness import RunningSpace
@@ -111,8 +113,16 @@ def test_predict_batch_limits(space, payload, message):
 
 def test_concurrent_requests_all_answered(space):
     texts = [f"{TOXIC} {i}" for i in range(24)]
+    local = threading.local()
+
+    def call(text: str) -> dict:
+        # One client per thread, as concurrent backends have.
+        if not hasattr(local, "client"):
+            local.client = Client(space.url, verbose=False)
+        return local.client.predict(text, api_name="/predict")
+
     with concurrent.futures.ThreadPoolExecutor(8) as pool:
-        verdicts = list(pool.map(lambda t: space.client.predict(t, api_name="/predict"), texts))
+        verdicts = list(pool.map(call, texts))
     for verdict in verdicts:
         check_verdict(verdict)
 
