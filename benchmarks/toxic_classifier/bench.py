@@ -562,6 +562,8 @@ def main(argv: list[str] | None = None) -> int:
     bad = sorted(set(precisions) - {"fp32", "bf16", "int8"})
     if bad:
         parser.error(f"unknown precision(s) {bad}; choose from fp32, bf16, int8")
+    if args.rounds < 1:
+        parser.error("--rounds must be at least 1")
     single = {p.strip() for p in args.single_thread.split(",")} & set(precisions)
     plan = QUICK if args.quick else FULL
     command = "python -m benchmarks.toxic_classifier.bench " + " ".join(
