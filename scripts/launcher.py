@@ -29,6 +29,8 @@ from scripts.build_demo_models import build_all
 ROOT = Path(__file__).resolve().parent.parent
 SPACES_DIR = ROOT / "spaces"
 DEMO_MODELS_DIR = ROOT / "build" / "demo-models"
+# int8 ONNX exports of local models (shared.quantize): kept with the other build outputs.
+ONNX_CACHE_DIR = ROOT / "build" / "onnx-cache"
 
 
 def space_names() -> list[str]:
@@ -113,6 +115,7 @@ def start_space(
     full_env = {**os.environ, **(env or {}), "PORT": str(port), "HOST": host}
     full_env.setdefault("HF_HUB_OFFLINE", "1")
     full_env.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
+    full_env.setdefault("ONNX_CACHE", str(ONNX_CACHE_DIR))
     if log_path is None:
         log_file = tempfile.NamedTemporaryFile(prefix=f"{name}-", suffix=".log", delete=False)
     else:

@@ -2,8 +2,9 @@
 
 Small and flat: ``models`` (sources, validation, safe loading, device choice), ``labels`` (raw
 model labels to a Space's canonical labels), ``text`` (cleanup, limits, Arabic normalisation),
-``audio`` (any container to 16 kHz mono), ``documents`` (PDF/images to page images) and
-``serving`` (background loading, /health, /stats, errors, batching).
+``audio`` (any container to 16 kHz mono), ``documents`` (PDF/images to page images),
+``quantize`` (int8 ONNX export, ONNX Runtime inference) and ``serving`` (background loading,
+/health, /stats, errors, batching).
 Names are re-exported lazily: ``import shared`` costs nothing, and a Space pays only for
 the modules it uses (pypdf, torch and gradio load on first use).
 """
@@ -42,6 +43,10 @@ _EXPORTS: dict[str, str] = {
     "resolve_model": "shared.models",
     "select_device": "shared.models",
     "validate_model_dir": "shared.models",
+    "OnnxModel": "shared.quantize",
+    "cached_int8_onnx": "shared.quantize",
+    "default_cache_dir": "shared.quantize",
+    "export_int8_onnx": "shared.quantize",
     "DynamicBatcher": "shared.serving",
     "ModelInfo": "shared.serving",
     "ModelNotReady": "shared.serving",

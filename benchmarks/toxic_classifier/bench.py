@@ -4,14 +4,17 @@ Serves a BERT-base-sized model (AraBERT v02 dimensions, random weights) and driv
 gradio_client at concurrency 1 and 16 with short (~20 words) and long (~200 words) Arabic texts:
 
 * baseline: the naive Space (``naive_app.py``: fp32 ``pipeline`` per request, no batching);
-* candidates: the real Space (``spaces/toxic-classifier/app.py``) at each precision asked for;
+* candidates: the real Space (``spaces/toxic-classifier/app.py``) at each precision asked for
+  (``int8`` is the Space's default, an int8 ONNX export in ONNX Runtime; ``int8-torch`` is
+  torch's eager dynamic int8, the Space's ``RUNTIME=torch``);
 * ceilings: the bare model in this process (``ToxicityClassifier.forward`` on preprocessed
   batches, best batch size) and the real server with a no-op model (``noop_app.py``).
 
 Also checks that int8/bf16 keep p(harmful) within 0.02 of fp32 on the evaluation set.
 
 Usage (from the monorepo root; ``make bench-toxic`` runs the first line):
-    python -m benchmarks.toxic_classifier.bench [--quick] [--precisions int8,fp32,bf16] [--rounds 2]
+    python -m benchmarks.toxic_classifier.bench [--quick] [--precisions int8,int8-torch,fp32,bf16]
+        [--rounds 2]
         [--single-thread int8] [--readme]
 
 Prints a markdown report and writes it to ``benchmarks/results/toxic_classifier.md``;
@@ -49,7 +52,7 @@ from benchmarks.toxic_classifier.workload import (
     make_texts,
     token_counts,
 )
-from scripts.launcher import RunningSpace, start_space
+from scripts.launcher import ONNX_CACHE_DIR, RunningSpace, start_space
 
 logger = logging.getLogger("bench")
 
@@ -59,6 +62,13 @@ README = SPACE_DIR / "README.md"
 START, END = "<!-- bench:start -->", "<!-- bench:end -->"
 TOLERANCE = 0.02
 HIGH_CONCURRENCY = 16
+# --precisions choice -> the Space's (PRECISION, RUNTIME)
+ENGINES = {
+    "fp32": ("fp32", "torch"),
+    "bf16": ("bf16", "torch"),
+    "int8": ("int8", "onnxruntime"),
+    "int8-torch": ("int8", "torch"),
+}
 
 
 @dataclass(frozen=True)
@@ -99,8 +109,8 @@ class Results:
     """Everything one run measured."""
 
     cells: list[Cell] = field(default_factory=list)
-    # (precision, length) -> (best requests/s, batch size, torch threads)
-    bare: dict[tuple[str, str], tuple[float, int, int]] = field(default_factory=dict)
+    # (precision, length) -> (best requests/s, batch size, intra-op threads as reported)
+    bare: dict[tuple[str, str], tuple[float, int, str]] = field(default_factory=dict)
     # precision -> (max |Δp(harmful)|, max |Δ logit margin|) against fp32
     drift: dict[str, tuple[float, float]] = field(default_factory=dict)
     # spread (std) of the fp32 logit margin over the eval set, for scale
@@ -109,6 +119,8 @@ class Results:
     # candidate label -> its precision, in the order served
     candidates: dict[str, str] = field(default_factory=dict)
     rounds: int = 1
+    # best fp32 and int8 matrix-product rates (GOP/s), see matmul_rates
+    matmul: tuple[float, float] = (0.0, 0.0)
 
     def add(self, cell: Cell) -> None:
         """Keep ``cell``, or the earlier round's cell of the same row if that one was faster."""
@@ -128,13 +140,16 @@ class Results:
 # -- in-process: precision drift and the bare-model ceiling ------------------------------------
 
 
-def _load_classifier(model_dir: Path, precision: str):
+def _load_classifier(model_dir: Path, precision: str, threads: int | None = None):
     if str(SPACE_DIR) not in sys.path:
         sys.path.insert(0, str(SPACE_DIR))
     from classifier import CONFIG_PATH, ClassifierConfig, ToxicityClassifier
 
-    config = ClassifierConfig.load(CONFIG_PATH, model_id=str(model_dir), precision=precision)
-    return ToxicityClassifier.load(config)
+    dtype, runtime = ENGINES[precision]
+    config = ClassifierConfig.load(
+        CONFIG_PATH, model_id=str(model_dir), precision=dtype, runtime=runtime
+    )
+    return ToxicityClassifier.load(config, num_threads=threads, cache_dir=ONNX_CACHE_DIR)
 
 
 def _margins(clf, texts: list[str]):  # noqa: ANN001
@@ -148,6 +163,25 @@ def _margins(clf, texts: list[str]):  # noqa: ANN001
     p = np.concatenate(probs)
     harmful = clf.raw_labels.index("LABEL_1")
     return p[:, harmful], np.log(p[:, harmful]) - np.log(p[:, 1 - harmful])
+
+
+def _set_threads(clf, threads: int, spin: bool = False) -> str:  # noqa: ANN001
+    """Run ``clf``'s forward pass on ``threads`` intra-op threads, whichever runtime it uses.
+
+    ``spin`` lets ONNX Runtime's idle threads spin between operators (the Space turns that off,
+    since it shares the cores with its web server; a model alone on the CPU may gain from it).
+    Returns how the setting reads in the report.
+    """
+    import torch
+
+    torch.set_num_threads(threads)
+    if not clf.onnx:
+        return str(threads)
+    # An ONNX Runtime session fixes its threads when it is created.
+    from shared.quantize import OnnxModel
+
+    clf.model = OnnxModel(clf.model.path, clf.model.config, threads=threads, spin=spin)
+    return f"{threads}{', spinning' if spin else ''}"
 
 
 def bare_model(
@@ -183,9 +217,12 @@ def bare_model(
         default_threads = torch.get_num_threads()
         for batch in texts:
             sizes = (1, 8, 16) if batch.name == "short" else (1, 4)
-            best = (0.0, 0, 0)
-            for threads, size in itertools.product(sorted({default_threads, 1}), sizes):
-                torch.set_num_threads(threads)
+            best = (0.0, 0, "")
+            spins = (False, True) if clf.onnx else (False,)
+            for threads, spin, size in itertools.product(
+                sorted({default_threads, 1}), spins, sizes
+            ):
+                setting = _set_threads(clf, threads, spin)
                 prepared = clf.preprocess_all(
                     list(itertools.islice(itertools.cycle(batch.texts), size))
                 )
@@ -195,14 +232,63 @@ def bare_model(
                     clf.forward(prepared)
                     done += size
                 rps = done / (time.perf_counter() - start)
-                logger.info("bare %s %s batch %d, %d threads: %.1f req/s", precision,
-                            batch.name, size, threads, rps)  # fmt: skip
-                best = max(best, (rps, size, threads))
-            torch.set_num_threads(default_threads)
+                logger.info("bare %s %s batch %d, threads %s: %.1f req/s", precision,
+                            batch.name, size, setting, rps)  # fmt: skip
+                best = max(best, (rps, size, setting))
+            _set_threads(clf, default_threads)
             key = (precision, batch.name)
             out.bare[key] = max(best, out.bare.get(key, best))
         del clf
         gc.collect()
+
+
+def matmul_rates(seconds: float, rows: int = 1344) -> tuple[float, float]:
+    """This CPU's fp32 and int8 matrix-product rates in GOP/s, on the model's FFN shape.
+
+    fp32 is ``torch.matmul`` (what the naive Space's Linear layers run); int8 is ONNX Runtime's
+    ``DynamicQuantizeLinear`` + ``MatMulInteger`` (what the Space's int8 export runs), both on a
+    ``(rows, 768) x (768, 3072)`` product (``rows`` = 4 texts of 336 tokens) with default threads.
+    """
+    import numpy as np
+    import onnxruntime as ort
+    import torch
+    from onnx import TensorProto, helper, numpy_helper
+
+    hidden, inner = 768, 3072
+    ops = 2 * rows * hidden * inner
+
+    def rate(fn) -> float:  # noqa: ANN001
+        fn()
+        done, start = 0, time.perf_counter()
+        while done == 0 or time.perf_counter() - start < seconds:
+            fn()
+            done += 1
+        return ops * done / (time.perf_counter() - start) / 1e9
+
+    x, w = torch.randn(rows, hidden), torch.randn(hidden, inner)
+    fp32 = rate(lambda: torch.matmul(x, w))
+    weight = np.random.default_rng(0).integers(-127, 128, (hidden, inner), dtype=np.int8)
+    graph = helper.make_graph(
+        [
+            helper.make_node("DynamicQuantizeLinear", ["x"], ["xq", "xs", "xz"]),
+            helper.make_node("MatMulInteger", ["xq", "w", "xz"], ["y"]),
+        ],
+        "int8_matmul",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [rows, hidden])],
+        [helper.make_tensor_value_info("y", TensorProto.INT32, [rows, inner])],
+        [numpy_helper.from_array(weight, "w")],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    feed = {"x": x.numpy()}
+    return fp32, rate(lambda: session.run(None, feed))
+
+
+def text_gops(tokens: float, layers: int = 12, hidden: int = 768, inner: int = 3072) -> float:
+    """Matrix-product work of one BERT-base forward pass over ``tokens`` tokens, in GOP."""
+    linear = 2 * tokens * (4 * hidden * hidden + 2 * hidden * inner)  # Q, K, V, out; FFN in, out
+    attention = 2 * 2 * tokens * tokens * hidden  # scores and the weighted sum
+    return layers * (linear + attention) / 1e9
 
 
 # -- servers ------------------------------------------------------------------------------------
@@ -255,7 +341,9 @@ def server(
     kind: str, model_dir: Path, precision: str, extra_env: dict[str, str] | None = None
 ) -> Iterator[RunningSpace]:
     """Start ``naive``, ``space`` or ``noop`` on the benchmark model."""
-    env = {"MODEL_ID": str(model_dir), "PRECISION": precision, "TRANSFORMERS_VERBOSITY": "error"}
+    dtype, runtime = ENGINES[precision]
+    env = {"MODEL_ID": str(model_dir), "PRECISION": dtype, "RUNTIME": runtime}
+    env["TRANSFORMERS_VERBOSITY"] = "error"
     env |= extra_env or {}
     if kind == "space":
         manager = start_space("toxic-classifier", env, timeout=300)
@@ -387,7 +475,7 @@ BASELINE = "naive (fp32 pipeline, no batching)"
 
 
 def _space_label(precision: str, threads: int | None = None) -> str:
-    return f"Space {precision}" + (f", {threads} torch thread" if threads else "")
+    return f"Space {precision}" + (f", {threads} thread" if threads else "")
 
 
 def lower_ceiling(res: Results, precision: str, length: str) -> float | None:
@@ -400,12 +488,14 @@ def lower_ceiling(res: Results, precision: str, length: str) -> float | None:
 
 def report(res: Results, precisions: Sequence[str], command: str, loads: list[str]) -> str:
     """The markdown report."""
+    import onnxruntime
     import torch
 
     lines = [
         f"Measured {dt.datetime.now().astimezone():%Y-%m-%d %H:%M %Z} on {_cpu_model()}, "
         f"{psutil.cpu_count(logical=True)} logical cores ({_cpu_flags()}), "
         f"{psutil.virtual_memory().total / 2**30:.0f} GB RAM, no GPU; torch {torch.__version__}, "
+        f"onnxruntime {onnxruntime.__version__}, "
         f"{torch.get_num_threads()} intra-op threads. Load average (1 min) before/after: "
         f"{' / '.join(loads)}.",
         "",
@@ -416,7 +506,9 @@ def report(res: Results, precisions: Sequence[str], command: str, loads: list[st
         "shared VM's speed drifts by 10-40% over minutes).",
         "",
         "Model: BertForSequenceClassification with AraBERT v02 dimensions (768 hidden, 12 layers, "
-        "12 heads, 3072 intermediate, 64,000-token vocabulary), random weights. Texts cut from "
+        "12 heads, 3072 intermediate, 64,000-token vocabulary), random weights; `int8` is the "
+        "Space's default runtime, the model exported to int8 ONNX and run by ONNX Runtime, and "
+        "`int8-torch` is torch's eager dynamic int8 (`RUNTIME=torch`). Texts cut from "
         "`data/eval.jsonl`: "
         + ", ".join(
             f"{name} = {lo}-{hi} tokens (mean {mean:.0f})"
@@ -448,7 +540,8 @@ def report(res: Results, precisions: Sequence[str], command: str, loads: list[st
         "",
         "Ceilings (what no served configuration can pass): the bare model in-process "
         "(`ToxicityClassifier.forward` on preprocessed batches, tokenizer included, best batch "
-        "size and torch thread count) and the no-op server row above at concurrency 16.",
+        "size and thread setting, ONNX Runtime's with and without spinning) and the no-op "
+        "server row above at concurrency 16.",
         "",
         "| precision | text | bare model req/s (batch, threads) | no-op server req/s "
         "| lower ceiling |",
@@ -461,6 +554,19 @@ def report(res: Results, precisions: Sequence[str], command: str, loads: list[st
             f"| {precision} | {length} | {rps:.1f} ({size}, {threads}) | "
             f"{f'{noop.rps:.1f}' if noop else '-'} | {f'{ceiling:.1f}' if ceiling else '-'} |"
         )
+    if res.matmul[0] and "long" in res.tokens:
+        fp32, int8 = res.matmul
+        gops = text_gops(res.tokens["long"][2])
+        lines += [
+            "",
+            f"Long texts are compute-bound: a {res.tokens['long'][2]:.0f}-token text is "
+            f"{gops:.0f} GOP of matrix products, which batching does not shrink. This CPU's "
+            f"matrix-product rate on the model's FFN shape (4 texts x 336 tokens by 768 x 3072): "
+            f"fp32 {fp32:.0f} GFLOP/s (torch), int8 {int8:.0f} GOP/s (ONNX Runtime). Even at "
+            f"those rates throughout, the whole model could do at most {fp32 / gops:.1f} "
+            f"long texts/s in fp32 and {int8 / gops:.1f} in int8: int8 buys at most "
+            f"{int8 / fp32:.1f}x over fp32 here, whatever the serving does.",
+        ]
     if res.drift:
         lines += [
             "",
@@ -540,12 +646,15 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="few requests: a smoke run")
     parser.add_argument(
-        "--precisions", default="int8", help="Space precisions to serve (fp32,int8,bf16)"
+        "--precisions",
+        default="int8",
+        help="Space precisions to serve (fp32,int8,int8-torch,bf16; int8 runs in ONNX Runtime)",
     )
     parser.add_argument(
         "--single-thread",
         default="none",
-        help="precisions also served with TORCH_NUM_THREADS=1 (comma-separated, or none)",
+        help="precisions also served with one intra-op thread, TORCH_NUM_THREADS=1 "
+        "(comma-separated, or none)",
     )
     parser.add_argument(
         "--rounds",
@@ -559,9 +668,9 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     logging.getLogger("httpx").setLevel(logging.WARNING)
     precisions = [p.strip() for p in args.precisions.split(",") if p.strip()]
-    bad = sorted(set(precisions) - {"fp32", "bf16", "int8"})
+    bad = sorted(set(precisions) - set(ENGINES))
     if bad:
-        parser.error(f"unknown precision(s) {bad}; choose from fp32, bf16, int8")
+        parser.error(f"unknown precision(s) {bad}; choose from {', '.join(ENGINES)}")
     if args.rounds < 1:
         parser.error("--rounds must be at least 1")
     single = {p.strip() for p in args.single_thread.split(",")} & set(precisions)
@@ -587,6 +696,9 @@ def main(argv: list[str] | None = None) -> int:
         # fp32 first: it is the reference for the drift check and the baseline's ceiling.
         bare_model(model_dir, ["fp32", *[p for p in precisions if p != "fp32"]], texts, plan,
                    res, drift=round_ == 0)  # fmt: skip
+        rates = matmul_rates(plan.bare_s)
+        res.matmul = (max(res.matmul[0], rates[0]), max(res.matmul[1], rates[1]))
+        logger.info("matmul: fp32 %.0f GFLOP/s, int8 %.0f GOP/s", *rates)
         measure_server(BASELINE, "naive", model_dir, "fp32", texts, plan, res)
         for precision in precisions:
             variants = [None, 1] if precision in single else [None]

@@ -5,8 +5,10 @@ texts), ``POST /api/predict`` for REST backends (old Gradio ``{"data": [...]}`` 
 Inference API ``{"inputs": ...}`` shape), ``GET /health`` and ``GET /stats``.
 
 Configuration (environment): ``MODEL_ID``, ``MODEL_REVISION``, ``HARMFUL_THRESHOLD``,
-``PRECISION`` (fp32|bf16|int8), ``TORCH_NUM_THREADS`` (torch's default when unset), ``HF_TOKEN``,
-``PORT`` (7860), ``HOST`` (0.0.0.0); defaults in ``config.yaml``.
+``PRECISION`` (fp32|bf16|int8), ``RUNTIME`` (onnxruntime|torch, for int8),
+``TORCH_NUM_THREADS`` (intra-op threads; the runtime's default when unset), ``ONNX_CACHE`` (where
+int8 ONNX exports are kept; ``$HF_HOME/onnx`` when unset), ``HF_TOKEN``, ``PORT`` (7860),
+``HOST`` (0.0.0.0); defaults in ``config.yaml``.
 """
 
 from __future__ import annotations
@@ -55,6 +57,7 @@ def load_config() -> ClassifierConfig:
         revision=os.environ.get("MODEL_REVISION") or None,
         threshold=_env_number("HARMFUL_THRESHOLD", float),
         precision=os.environ.get("PRECISION") or None,
+        runtime=os.environ.get("RUNTIME") or None,
         device=os.environ.get("DEVICE") or None,
     )
 
@@ -101,6 +104,7 @@ def load_engine() -> tuple[Engine, ModelInfo]:
             "label_map": {
                 raw: classifier.mapper.canonical_of(raw) for raw in classifier.raw_labels
             },
+            "runtime": "onnxruntime" if classifier.onnx else "torch",
             "max_length": classifier.max_length,
             "max_chars": CONFIG.max_chars,
             "max_batch": CONFIG.max_batch,

@@ -34,6 +34,7 @@ logger = logging.getLogger(__name__)
 CANONICAL = ("harmful", "safe")
 CONFIG_PATH = Path(__file__).with_name("config.yaml")
 Precision = Literal["fp32", "bf16", "int8"]
+Runtime = Literal["onnxruntime", "torch"]
 
 
 @dataclass(frozen=True)
@@ -56,6 +57,9 @@ class ClassifierConfig:
     max_batch: int = 64
     # Numeric precision of the forward pass on CPU.
     precision: Precision = "fp32"
+    # What runs int8 on CPU: "onnxruntime" (an int8 ONNX export, cached) or "torch" (eager
+    # dynamic int8 Linear layers). fp32, bf16 and GPUs always run in torch.
+    runtime: Runtime = "onnxruntime"
     # Most padded tokens in one forward pass; bigger batches are cut into length-sorted chunks.
     batch_tokens: int = 512
     # "auto" (a GPU when one is visible), "cpu" or "cuda".
@@ -84,6 +88,8 @@ class ClassifierConfig:
             raise ModelLoadError(f"threshold must be in [0, 1], got {raw['threshold']}")
         if raw.get("precision", "fp32") not in ("fp32", "bf16", "int8"):
             raise ModelLoadError(f"precision must be fp32, bf16 or int8, got {raw['precision']!r}")
+        if raw.get("runtime", "onnxruntime") not in ("onnxruntime", "torch"):
+            raise ModelLoadError(f"runtime must be onnxruntime or torch, got {raw['runtime']!r}")
         if raw.get("device", "auto") not in ("auto", "cpu", "cuda"):
             raise ModelLoadError(f"device must be auto, cpu or cuda, got {raw['device']!r}")
         return cls(**raw)
@@ -157,7 +163,9 @@ class ToxicityClassifier:
     """A sequence classifier behind the harmful/safe decision rule.
 
     Args:
-        model: A transformers sequence-classification model in eval mode.
+        model: A transformers sequence-classification model in eval mode, or an
+            ``shared.quantize.OnnxModel`` (anything called as ``model(**inputs).logits`` with a
+            transformers ``config``).
         tokenizer: Its tokenizer.
         config: The Space configuration.
         model_ref: ``id@revision`` reported in every verdict.
@@ -194,7 +202,9 @@ class ToxicityClassifier:
         positions = getattr(model.config, "max_position_embeddings", 512)
         self.max_length = min(int(tokenizer.model_max_length), int(positions))
         self.limits = TextLimits(max_chars=config.max_chars)
-        self.device = str(next(model.parameters(), torch.empty(0)).device)
+        self.device = str(model.device)
+        # True when an int8 ONNX export runs in ONNX Runtime (shared.quantize.OnnxModel).
+        self.onnx = not isinstance(model, torch.nn.Module)
 
     @classmethod
     def load(
@@ -203,13 +213,19 @@ class ToxicityClassifier:
         *,
         token: str | None = None,
         num_threads: int | None = None,
+        cache_dir: Path | None = None,
     ) -> ToxicityClassifier:
         """Resolve, validate and load the model named by ``config``.
+
+        int8 on CPU with the ``onnxruntime`` runtime loads the model's int8 ONNX export from
+        ``cache_dir``, exporting it first if it is not there (tens of seconds, once per model).
 
         Args:
             config: The Space configuration (model id, revision, precision, ...).
             token: Hub token for private models.
-            num_threads: torch intra-op threads; torch's default when None.
+            num_threads: Intra-op threads (torch or ONNX Runtime); the runtime's default when None.
+            cache_dir: Where int8 ONNX exports are cached; ``shared.quantize.default_cache_dir``
+                when None.
 
         Returns:
             The ready classifier.
@@ -217,21 +233,33 @@ class ToxicityClassifier:
         Raises:
             ModelLoadError: missing files, LFS pointers, unmapped labels.
         """
-        from transformers import AutoModelForSequenceClassification, AutoTokenizer
+        from transformers import AutoConfig, AutoModelForSequenceClassification, AutoTokenizer
 
         if num_threads:
             torch.set_num_threads(num_threads)
         source = ModelSource.parse(config.model_id, config.revision)
         folder = resolve_model(source, required=["config.json", TRANSFORMERS_WEIGHTS], token=token)
         tokenizer = AutoTokenizer.from_pretrained(folder)
-        model = AutoModelForSequenceClassification.from_pretrained(folder).eval()
         choice = select_device(config.device)
         precision: Precision = config.precision
         if choice.device == "cuda" and precision == "int8":
             # Dynamic int8 is a CPU kernel; a GPU gets its own fast dtype instead.
             precision = "bf16" if choice.dtype == "bfloat16" else "fp32"
             logger.info("int8 is CPU-only: running %s on the GPU", precision)
-        model = _apply_precision(model, precision).to(choice.device)
+        model: Any
+        if precision == "int8" and config.runtime == "onnxruntime":
+            from shared.quantize import OnnxModel, cached_int8_onnx
+
+            path = cached_int8_onnx(
+                folder,
+                lambda: AutoModelForSequenceClassification.from_pretrained(folder).eval(),
+                lambda: _example_inputs(tokenizer),
+                cache_dir,
+            )
+            model = OnnxModel(path, AutoConfig.from_pretrained(folder), threads=num_threads)
+        else:
+            model = AutoModelForSequenceClassification.from_pretrained(folder).eval()
+            model = _apply_precision(model, precision).to(choice.device)
         config = replace(config, precision=precision)
         label_map_file = folder / "label_map.json"
         return cls(
@@ -372,6 +400,12 @@ def _normalization(value: object) -> ArabicNormalization:
             f"normalization must be one of {sorted(presets)} or a mapping of options, got {value!r}"
         )
     return presets[value]()
+
+
+def _example_inputs(tokenizer: Any) -> dict[str, torch.Tensor]:
+    """Two padded texts of different lengths: the export's example batch."""
+    texts = ["نص قصير", "نص أطول قليلا من الأول للتصدير"]
+    return dict(tokenizer(texts, padding=True, return_tensors="pt"))
 
 
 def _apply_precision(model: torch.nn.Module, precision: Precision) -> torch.nn.Module:

@@ -45,6 +45,7 @@ def test_health_reports_model_and_demo_weights(space):
     assert body["demo"] is True
     assert body["device"] == "cpu"
     assert body["dtype"] == "int8"
+    assert body["extra"]["runtime"] == "onnxruntime"
     assert body["extra"]["label_map"] == {"LABEL_0": "safe", "LABEL_1": "harmful"}
 
 

@@ -185,13 +185,19 @@ def test_config_rejects_unknown_keys_and_bad_values(tmp_path):
     path.write_text("precision: fp8\n")
     with pytest.raises(ModelLoadError, match="precision must be"):
         ClassifierConfig.load(path)
+    path.write_text("runtime: tensorrt\n")
+    with pytest.raises(ModelLoadError, match="runtime must be onnxruntime or torch"):
+        ClassifierConfig.load(path)
     path.write_text(json.dumps({"normalization": {"strip_tashkeel": False}}))
     assert ClassifierConfig.load(path).normalization.strip_tashkeel is False
 
 
-@pytest.mark.parametrize("precision", ["int8", "bf16"])
-def test_reduced_precision_stays_close_to_fp32(demo_dir, classifier, precision):
-    other = ToxicityClassifier.load(config_for(demo_dir, precision=precision))
+@pytest.mark.parametrize(
+    ("precision", "runtime"), [("int8", "onnxruntime"), ("int8", "torch"), ("bf16", "torch")]
+)
+def test_reduced_precision_stays_close_to_fp32(demo_dir, classifier, precision, runtime):
+    other = ToxicityClassifier.load(config_for(demo_dir, precision=precision, runtime=runtime))
+    assert other.onnx == (runtime == "onnxruntime")
     texts = [TOXIC, "شكرا جزيلا على المساعدة", "يا ghabi اسكت"]
     reference = [v.scores["harmful"] for v in classifier.classify(texts)]
     reduced = [v.scores["harmful"] for v in other.classify(texts)]
