@@ -52,6 +52,7 @@ _EXPORTS: dict[str, str] = {
     "ModelNotReady": "shared.serving",
     "RequestStats": "shared.serving",
     "Service": "shared.serving",
+    "configure_gradio": "shared.serving",
     "gradio_endpoint": "shared.serving",
     "install_routes": "shared.serving",
     "serve": "shared.serving",

@@ -19,7 +19,7 @@ from fastapi.responses import JSONResponse
 
 from routes import Routes, install_error_handlers
 from service import TierGenerator
-from shared.serving import RequestStats, serve
+from shared.serving import RequestStats, configure_gradio, serve
 from tiers import TierRegistry, load_config
 from ui import build_ui
 
@@ -85,6 +85,7 @@ def get_stats() -> dict[str, Any]:
 
 
 app.include_router(routes.router())
+configure_gradio()
 demo = build_ui(generator, stats, self_url=f"http://127.0.0.1:{PORT}")
 app = gr.mount_gradio_app(app, demo, path="/")
 

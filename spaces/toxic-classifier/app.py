@@ -23,7 +23,14 @@ from pydantic import BaseModel, ConfigDict, model_validator
 
 from classifier import CONFIG_PATH, ClassifierConfig, Prepared, ToxicityClassifier, Verdict
 from shared.errors import InputError
-from shared.serving import DynamicBatcher, ModelInfo, Service, install_routes, serve
+from shared.serving import (
+    DynamicBatcher,
+    ModelInfo,
+    Service,
+    configure_gradio,
+    install_routes,
+    serve,
+)
 
 logger = logging.getLogger("toxic-classifier")
 
@@ -63,6 +70,7 @@ def load_config() -> ClassifierConfig:
 
 
 CONFIG = load_config()
+configure_gradio()
 
 
 class Engine:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import threading
 import time
 
@@ -18,6 +19,7 @@ from shared.serving import (
     ModelNotReady,
     RequestStats,
     Service,
+    configure_gradio,
     gradio_endpoint,
     install_routes,
 )
@@ -197,3 +199,16 @@ def test_gradio_endpoint_wraps_streaming_handlers():
         list(stream(2))
     counts = stats.snapshot()["endpoints"]["stream"]
     assert (counts["count"], counts["errors"]) == (2, 1)
+
+
+def test_configure_gradio_makes_the_queue_refresh_analytics_rarely(monkeypatch):
+    monkeypatch.delenv("GRADIO_ANALYTICS_CACHE_FREQUENCY", raising=False)
+    configure_gradio()
+    with gr.Blocks() as demo:
+        gr.Textbox()
+    # The installed Gradio reads the variable when the queue is built (the attribute's spelling
+    # is Gradio's); if it stops doing so, every request pays for a pandas summary again.
+    assert demo.queue()._queue.ANAYLTICS_CACHE_FREQUENCY == 1000
+    monkeypatch.setenv("GRADIO_ANALYTICS_CACHE_FREQUENCY", "7")
+    configure_gradio()
+    assert os.environ["GRADIO_ANALYTICS_CACHE_FREQUENCY"] == "7"
