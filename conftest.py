@@ -2,18 +2,12 @@
 
 from __future__ import annotations
 
-import os
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager, ExitStack
 
 import pytest
 
-from scripts.launcher import ONNX_CACHE_DIR
 from tests.harness import RunningSpace, demo_env, start_space
-
-# Predictors loaded in the test process keep their int8 ONNX exports with the launched Spaces'
-# (build/onnx-cache), so each demo model is exported once, not once per test.
-os.environ.setdefault("ONNX_CACHE", str(ONNX_CACHE_DIR))
 
 
 @pytest.fixture(scope="session")

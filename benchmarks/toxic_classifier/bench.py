@@ -278,7 +278,8 @@ def matmul_rates(seconds: float, rows: int = 1344) -> tuple[float, float]:
         [helper.make_tensor_value_info("y", TensorProto.INT32, [rows, inner])],
         [numpy_helper.from_array(weight, "w")],
     )
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    # IR version 10: what ONNX Runtime reads (onnx 1.23 would stamp a newer one by default).
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=10)
     session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
     feed = {"x": x.numpy()}
     return fp32, rate(lambda: session.run(None, feed))

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import logging
 import os
+from pathlib import Path
 from typing import Any
 
 import gradio as gr
@@ -99,6 +100,7 @@ def load_engine() -> tuple[Engine, ModelInfo]:
         # Torch's default (a thread per core) is fastest on a quiet CPU; where other processes
         # share the cores, 1 avoids threads waiting on each other (README, "Speed").
         num_threads=_env_number("TORCH_NUM_THREADS", int),
+        cache_dir=Path(os.environ["ONNX_CACHE"]) if os.environ.get("ONNX_CACHE") else None,
     )
     info = ModelInfo(
         model_id=CONFIG.model_id,

@@ -204,7 +204,7 @@ class ToxicityClassifier:
         self.limits = TextLimits(max_chars=config.max_chars)
         self.device = str(model.device)
         # True when an int8 ONNX export runs in ONNX Runtime (shared.quantize.OnnxModel).
-        self.onnx = not isinstance(model, torch.nn.Module)
+        self.onnx = getattr(model, "runtime", "torch") == "onnxruntime"
 
     @classmethod
     def load(
@@ -225,7 +225,7 @@ class ToxicityClassifier:
             token: Hub token for private models.
             num_threads: Intra-op threads (torch or ONNX Runtime); the runtime's default when None.
             cache_dir: Where int8 ONNX exports are cached; ``shared.quantize.default_cache_dir``
-                when None.
+                (under ``$HF_HOME``) when None.
 
         Returns:
             The ready classifier.
@@ -250,13 +250,19 @@ class ToxicityClassifier:
         if precision == "int8" and config.runtime == "onnxruntime":
             from shared.quantize import OnnxModel, cached_int8_onnx
 
-            path = cached_int8_onnx(
-                folder,
-                lambda: AutoModelForSequenceClassification.from_pretrained(folder).eval(),
-                lambda: _example_inputs(tokenizer),
-                cache_dir,
-            )
-            model = OnnxModel(path, AutoConfig.from_pretrained(folder), threads=num_threads)
+            try:
+                path = cached_int8_onnx(
+                    folder,
+                    lambda: AutoModelForSequenceClassification.from_pretrained(folder).eval(),
+                    lambda: _example_inputs(tokenizer),
+                    cache_dir,
+                )
+                model = OnnxModel(path, AutoConfig.from_pretrained(folder), threads=num_threads)
+            except ModelLoadError as e:
+                raise ModelLoadError(
+                    f"{e}. To serve this model without ONNX Runtime, set RUNTIME=torch "
+                    "(or runtime: torch in config.yaml)"
+                ) from e
         else:
             model = AutoModelForSequenceClassification.from_pretrained(folder).eval()
             model = _apply_precision(model, precision).to(choice.device)
@@ -403,9 +409,14 @@ def _normalization(value: object) -> ArabicNormalization:
 
 
 def _example_inputs(tokenizer: Any) -> dict[str, torch.Tensor]:
-    """Two padded texts of different lengths: the export's example batch."""
+    """Two padded texts of different lengths: the export's example batch.
+
+    Only what :meth:`ToxicityClassifier.forward` passes (``tokenizer.pad`` output), so the
+    graph takes exactly the inputs the torch path gives the model.
+    """
     texts = ["نص قصير", "نص أطول قليلا من الأول للتصدير"]
-    return dict(tokenizer(texts, padding=True, return_tensors="pt"))
+    batch = tokenizer(texts, padding=True, return_tensors="pt")
+    return {name: batch[name] for name in ("input_ids", "attention_mask")}
 
 
 def _apply_precision(model: torch.nn.Module, precision: Precision) -> torch.nn.Module:

@@ -2,7 +2,8 @@
 
 Usage:
     python evaluate.py data/eval.jsonl [--model-id ID] [--revision REV] [--threshold T]
-                       [--precision fp32|bf16|int8] [--compare-precision int8]
+                       [--precision fp32|bf16|int8] [--runtime onnxruntime|torch]
+                       [--compare-precision int8] [--onnx-cache DIR]
                        [--calibrate [--target-recall 0.9]] [--plot reliability.png]
                        [--report-json report.json]
 
@@ -18,6 +19,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import re
 import sys
 from dataclasses import asdict, dataclass, replace
@@ -266,6 +268,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--threshold", type=float, help="decision threshold to report at")
     parser.add_argument("--precision", choices=["fp32", "bf16", "int8"], help="forward precision")
     parser.add_argument(
+        "--runtime", choices=["onnxruntime", "torch"], help="what runs int8 (default: the config's)"
+    )
+    parser.add_argument(
+        "--onnx-cache",
+        type=Path,
+        default=os.environ.get("ONNX_CACHE") or None,
+        help="where int8 ONNX exports are kept (default: $ONNX_CACHE, else $HF_HOME/onnx)",
+    )
+    parser.add_argument(
         "--compare-precision",
         choices=["fp32", "bf16", "int8"],
         help="also run at this precision and report the largest p(harmful) difference",
@@ -283,11 +294,12 @@ def main(argv: list[str] | None = None) -> int:
         revision=args.revision,
         threshold=args.threshold,
         precision=args.precision,
+        runtime=args.runtime,
     )
     examples = load_examples(args.data)
     texts = [e.text for e in examples]
     y_true = np.asarray([e.label == "harmful" for e in examples], dtype=int)
-    classifier = ToxicityClassifier.load(config)
+    classifier = ToxicityClassifier.load(config, cache_dir=args.onnx_cache)
     p_harmful = harmful_probabilities(classifier, texts)
     name = f"{classifier.model_ref} ({config.precision})"
     if classifier.demo:
@@ -298,7 +310,9 @@ def main(argv: list[str] | None = None) -> int:
     result: dict[str, object] = {"report": asdict(report)}
 
     if args.compare_precision:
-        other = ToxicityClassifier.load(replace(config, precision=args.compare_precision))
+        other = ToxicityClassifier.load(
+            replace(config, precision=args.compare_precision), cache_dir=args.onnx_cache
+        )
         p_other = harmful_probabilities(other, texts)
         diff = np.abs(p_other - p_harmful)
         agree = float(((p_other >= config.threshold) == (p_harmful >= config.threshold)).mean())

@@ -22,6 +22,9 @@ def tiny_bert(folder: Path, seed: int = 0) -> Path:
         intermediate_size=64,
         max_position_embeddings=64,
         num_labels=2,
+        # Large random weights give logits of order 1, so a wrong graph cannot hide in the
+        # tolerance the way it could behind the default init's ~0.01 logits.
+        initializer_range=0.5,
     )
     BertForSequenceClassification(config).eval().save_pretrained(folder)
     return folder
@@ -55,19 +58,33 @@ def test_int8_model_matches_fp32_for_any_batch_and_length(exported):
     folder, path, _ = exported
     reference = BertForSequenceClassification.from_pretrained(folder).eval()
     model = OnnxModel(path, reference.config, threads=1)
-    for ids in (
-        torch.tensor([[2, 5, 3]]),  # one text, no padding
-        torch.tensor([[2, 5, 6, 7, 8, 9, 3], [2, 20, 3, 0, 0, 0, 0], [2, 30, 31, 3, 0, 0, 0]]),
-    ):
-        inputs = {"input_ids": ids, "attention_mask": (ids != 0).long()}
-        with torch.inference_mode():
-            expected = reference(**inputs).logits  # (batch, num_labels)
-        got = model(**inputs).logits
-        assert got.shape == expected.shape
-        assert got.dtype == torch.float32
-        # int8 weights and activations: close to fp32, not equal to it.
-        assert torch.allclose(got, expected, atol=0.05)
-        assert not torch.equal(got, expected)
+    # The graph takes token_type_ids (the example had them); left out, they are zeros.
+    assert model.input_names == ["input_ids", "attention_mask", "token_type_ids"]
+    texts = [[2, 5, 6, 7, 8, 9, 3], [2, 20, 3], [2, 30, 31, 3]]
+    width = max(map(len, texts))
+    ids = torch.tensor([t + [0] * (width - len(t)) for t in texts])  # (3, 7), padded
+    mask = (ids != 0).long()
+    with torch.inference_mode():
+        expected = reference(input_ids=ids, attention_mask=mask).logits  # (3, num_labels)
+    got = model(input_ids=ids, attention_mask=mask).logits
+    assert got.shape == expected.shape == (3, 2)
+    assert got.dtype == torch.float32
+    assert expected.abs().max() > 0.5  # logits big enough for the bound below to mean something
+    # int8 weights and activations: close to fp32, not equal. Large random weights make int8's
+    # error large too (~12% of the logits' spread here), but a graph that ignored the mask or
+    # returned nothing useful would be off by about the spread itself.
+    spread = float(expected.std())
+    error = (got - expected).abs().max()
+    assert error < 0.25 * spread
+    assert error > 0
+    # Padding is masked: each text alone (batch 1, its own length) gets its padded row's logits.
+    for i, text in enumerate(texts):
+        alone = model(
+            input_ids=torch.tensor([text]),
+            attention_mask=torch.ones(1, len(text), dtype=torch.long),
+        )
+        assert alone.logits.shape == (1, 2)
+        assert torch.allclose(alone.logits[0], got[i], atol=0.25 * spread)
 
 
 def test_missing_input_is_named(exported):
@@ -99,9 +116,16 @@ def test_failed_export_is_a_load_error_and_leaves_no_entry(tmp_path):
     folder = tiny_bert(tmp_path / "model")
     cache = tmp_path / "cache"
 
-    def broken() -> None:
-        raise RuntimeError("exporter exploded")
+    def not_an_input() -> dict[str, torch.Tensor]:
+        return {"pixel_values": torch.zeros(2, 3)}  # BERT's forward has no such argument
 
-    with pytest.raises(ModelLoadError, match=r"could not export .*model to int8 ONNX.*exploded"):
-        cached_int8_onnx(folder, broken, example, cache)
-    assert not (cache / model_fingerprint(folder)).exists()
+    with pytest.raises(ModelLoadError, match=r"could not export .*model to int8 ONNX"):
+        cached_int8_onnx(
+            folder,
+            lambda: BertForSequenceClassification.from_pretrained(folder).eval(),
+            not_an_input,
+            cache,
+        )
+    # The export got as far as creating the entry; nothing of it is left behind.
+    assert cache.is_dir()
+    assert list(cache.iterdir()) == []

@@ -14,6 +14,7 @@ from hypothesis import strategies as st
 from transformers import BertConfig, BertForSequenceClassification
 
 from classifier import ClassifierConfig, ToxicityClassifier, plan_chunks
+from scripts.launcher import ONNX_CACHE_DIR
 from shared.errors import InputError, ModelLoadError
 from shared.labels import LabelMappingError
 from tests.harness import start_space
@@ -27,6 +28,8 @@ def demo_dir(demo_models) -> Path:
 
 
 def config_for(model_dir: Path, **fields) -> ClassifierConfig:
+    """The Space config on another model; fp32 unless asked (no int8 export per variant)."""
+    fields.setdefault("precision", "fp32")
     return replace(ClassifierConfig.load(), model_id=str(model_dir), **fields)
 
 
@@ -196,7 +199,9 @@ def test_config_rejects_unknown_keys_and_bad_values(tmp_path):
     ("precision", "runtime"), [("int8", "onnxruntime"), ("int8", "torch"), ("bf16", "torch")]
 )
 def test_reduced_precision_stays_close_to_fp32(demo_dir, classifier, precision, runtime):
-    other = ToxicityClassifier.load(config_for(demo_dir, precision=precision, runtime=runtime))
+    other = ToxicityClassifier.load(
+        config_for(demo_dir, precision=precision, runtime=runtime), cache_dir=ONNX_CACHE_DIR
+    )
     assert other.onnx == (runtime == "onnxruntime")
     texts = [TOXIC, "شكرا جزيلا على المساعدة", "يا ghabi اسكت"]
     reference = [v.scores["harmful"] for v in classifier.classify(texts)]

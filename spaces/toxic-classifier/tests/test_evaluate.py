@@ -13,6 +13,7 @@ from hypothesis import strategies as st
 from PIL import Image
 
 from evaluate import bias_warnings, build_report, calibrate_threshold, main, write_threshold
+from scripts.launcher import ONNX_CACHE_DIR
 
 SPACE = Path(__file__).resolve().parent.parent
 
@@ -90,7 +91,7 @@ def test_cli_on_the_demo_model(demo_models, tmp_path, capsys):
     code = main(
         [str(data), "--config", str(config), "--model-id", model, "--calibrate",
          "--target-recall", "0.9", "--plot", str(plot), "--report-json", str(report_path),
-         "--compare-precision", "int8", "--precision", "fp32"]
+         "--compare-precision", "int8", "--precision", "fp32", "--onnx-cache", str(ONNX_CACHE_DIR)]
     )  # fmt: skip
     assert code == 0
     out = capsys.readouterr().out
