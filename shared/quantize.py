@@ -2,10 +2,10 @@
 
 Why not torch's own int8: ``torch.ao.quantization.quantize_dynamic`` is deprecated, and an eager
 forward pass drops and retakes the GIL at every operator, so in a server whose event loop lives
-in the same process it queues behind that loop hundreds of times per batch. Measured with the
-toxic-classifier benchmark model (``benchmarks/toxic_classifier``): a Python thread busy 20% of
-the time halved torch int8's throughput, while ONNX Runtime, which runs the whole graph in one
-call without the GIL, stayed within the noise.
+in the same process it queues behind that loop hundreds of times per batch. Measured with
+``python -m benchmarks.toxic_classifier.gil`` (BERT-base, 16 short texts): beside a thread holding
+the GIL 20% / 50% of the time, torch int8 kept 78% / 53% of its throughput and ONNX Runtime, which
+runs the whole graph in one call without the GIL, 97% / 74%.
 
 The export (``torch.onnx.export`` with ``torch.export``) and the quantization (dynamic int8
 MatMuls, per-channel int8 weights) take tens of seconds for a BERT-base model, so the result is
