@@ -299,27 +299,40 @@ def gradio_endpoint(
 class DynamicBatcher(Generic[T, R]):
     """Run concurrent single requests through one batched function.
 
-    Callers block in :meth:`submit` from any thread; one worker thread takes whatever is queued
+    Callers block in :meth:`submit` from any thread; a worker thread takes whatever is queued
     (up to ``max_batch_size``) and calls ``fn`` once for all of it. It never waits for a batch
     to fill: a lone request runs at once, and requests that arrive while the model is busy
     form the next batch, so latency at low load is unchanged and throughput grows with load.
+    With several ``workers``, that many batches run at once (``fn`` must be thread-safe).
 
     Args:
         fn: Maps a list of items to a list of results of the same length and order.
         max_batch_size: Most items per call of ``fn``.
-        name: Thread name, for logs.
+        name: Thread name prefix, for logs.
+        workers: Worker threads, each running one batch at a time.
     """
 
     def __init__(
-        self, fn: Callable[[list[T]], list[R]], *, max_batch_size: int = 16, name: str = "batcher"
+        self,
+        fn: Callable[[list[T]], list[R]],
+        *,
+        max_batch_size: int = 16,
+        name: str = "batcher",
+        workers: int = 1,
     ) -> None:
         import queue
 
+        if workers < 1:
+            raise ValueError(f"workers must be at least 1, got {workers}")
         self._fn = fn
         self.max_batch_size = max_batch_size
         self._queue: queue.SimpleQueue[tuple[T, Future[R]]] = queue.SimpleQueue()
-        self._worker = threading.Thread(target=self._run, name=name, daemon=True)
-        self._worker.start()
+        self._workers = [
+            threading.Thread(target=self._run, name=f"{name}-{i}", daemon=True)
+            for i in range(workers)
+        ]
+        for worker in self._workers:
+            worker.start()
 
     def submit(self, item: T, timeout: float | None = None) -> R:
         """Queue one item and wait for its result (exceptions from ``fn`` are re-raised)."""

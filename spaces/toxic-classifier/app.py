@@ -5,10 +5,11 @@ texts), ``POST /api/predict`` for REST backends (old Gradio ``{"data": [...]}`` 
 Inference API ``{"inputs": ...}`` shape), ``GET /health`` and ``GET /stats``.
 
 Configuration (environment): ``MODEL_ID``, ``MODEL_REVISION``, ``HARMFUL_THRESHOLD``,
-``PRECISION`` (fp32|bf16|int8), ``RUNTIME`` (onnxruntime|torch, for int8),
-``TORCH_NUM_THREADS`` (intra-op threads; the runtime's default when unset), ``ONNX_CACHE`` (where
-int8 ONNX exports are kept; ``$HF_HOME/onnx`` when unset), ``HF_TOKEN``, ``PORT`` (7860),
-``HOST`` (0.0.0.0); defaults in ``config.yaml``.
+``PRECISION`` (fp32|bf16|int8), ``RUNTIME`` (onnxruntime|torch, for int8), ``BATCH_WORKERS``
+(batches run at once), ``TORCH_NUM_THREADS`` (intra-op threads per batch; the cores split
+between the workers when unset), ``ONNX_CACHE`` (where int8 ONNX exports are kept;
+``$HF_HOME/onnx`` when unset), ``HF_TOKEN``, ``PORT`` (7860), ``HOST`` (0.0.0.0); defaults in
+``config.yaml``.
 """
 
 from __future__ import annotations
@@ -66,6 +67,7 @@ def load_config() -> ClassifierConfig:
         threshold=_env_number("HARMFUL_THRESHOLD", float),
         precision=os.environ.get("PRECISION") or None,
         runtime=os.environ.get("RUNTIME") or None,
+        workers=_env_number("BATCH_WORKERS", int),
         device=os.environ.get("DEVICE") or None,
     )
 
@@ -80,7 +82,7 @@ class Engine:
     def __init__(self, classifier: ToxicityClassifier) -> None:
         self.classifier = classifier
         self.batcher: DynamicBatcher[Prepared, Verdict] = DynamicBatcher(
-            self._run, max_batch_size=16, name="toxic-batcher"
+            self._run, max_batch_size=16, name="toxic-batcher", workers=classifier.config.workers
         )
 
     def _run(self, prepared: list[Prepared]) -> list[Verdict]:
@@ -92,14 +94,26 @@ class Engine:
         return self.batcher.submit_many(self.classifier.preprocess_all(texts))
 
 
+def model_threads(workers: int) -> int | None:
+    """Intra-op threads per forward pass: ``TORCH_NUM_THREADS``, else the cores split evenly
+    between the batcher's workers (None, the runtime's default of one per core, for 1 worker).
+
+    Two batches on one thread each beat one batch on two threads in the served Space: a thread
+    that the web server preempts stalls only its own batch, not its partner at every operator
+    (README, "Speed").
+    """
+    threads = _env_number("TORCH_NUM_THREADS", int)
+    if threads is not None or workers == 1:
+        return int(threads) if threads is not None else None
+    return max(1, len(os.sched_getaffinity(0)) // workers)
+
+
 def load_engine() -> tuple[Engine, ModelInfo]:
     """Load the model (in the background, once) and describe it for /health."""
     classifier = ToxicityClassifier.load(
         CONFIG,
         token=os.environ.get("HF_TOKEN") or None,
-        # Torch's default (a thread per core) is fastest on a quiet CPU; where other processes
-        # share the cores, 1 avoids threads waiting on each other (README, "Speed").
-        num_threads=_env_number("TORCH_NUM_THREADS", int),
+        num_threads=model_threads(CONFIG.workers),
         cache_dir=Path(os.environ["ONNX_CACHE"]) if os.environ.get("ONNX_CACHE") else None,
     )
     info = ModelInfo(
@@ -115,6 +129,8 @@ def load_engine() -> tuple[Engine, ModelInfo]:
                 raw: classifier.mapper.canonical_of(raw) for raw in classifier.raw_labels
             },
             "runtime": "onnxruntime" if classifier.onnx else "torch",
+            "workers": CONFIG.workers,
+            "threads_per_worker": model_threads(CONFIG.workers),
             "max_length": classifier.max_length,
             "max_chars": CONFIG.max_chars,
             "max_batch": CONFIG.max_batch,

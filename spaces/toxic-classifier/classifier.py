@@ -62,6 +62,8 @@ class ClassifierConfig:
     runtime: Runtime = "onnxruntime"
     # Most padded tokens in one forward pass; bigger batches are cut into length-sorted chunks.
     batch_tokens: int = 512
+    # Batches run at once, each on its share of the cores (the Space's batcher threads).
+    workers: int = 1
     # "auto" (a GPU when one is visible), "cpu" or "cuda".
     device: Literal["auto", "cpu", "cuda"] = "auto"
 
@@ -90,6 +92,9 @@ class ClassifierConfig:
             raise ModelLoadError(f"precision must be fp32, bf16 or int8, got {raw['precision']!r}")
         if raw.get("runtime", "onnxruntime") not in ("onnxruntime", "torch"):
             raise ModelLoadError(f"runtime must be onnxruntime or torch, got {raw['runtime']!r}")
+        raw["workers"] = int(raw.get("workers", cls.workers))
+        if raw["workers"] < 1:
+            raise ModelLoadError(f"workers must be at least 1, got {raw['workers']}")
         if raw.get("device", "auto") not in ("auto", "cpu", "cuda"):
             raise ModelLoadError(f"device must be auto, cpu or cuda, got {raw['device']!r}")
         return cls(**raw)

@@ -173,6 +173,32 @@ def test_batcher_groups_concurrent_requests_and_keeps_order():
     assert batcher.submit_many([1, 2, 3]) == [10, 20, 30]
 
 
+def test_batcher_workers_run_batches_at_once():
+    """Two workers: the first batch blocks until a second one runs beside it."""
+    both = threading.Barrier(2, timeout=5)
+    running: list[str] = []
+
+    def fn(items: list[int]) -> list[int]:
+        running.append(threading.current_thread().name)
+        both.wait()  # raises BrokenBarrierError with a single worker
+        return [i + 1 for i in items]
+
+    batcher = DynamicBatcher(fn, max_batch_size=1, name="pair", workers=2)
+    results: dict[int, int] = {}
+    threads = [
+        threading.Thread(target=lambda i=i: results.update({i: batcher.submit(i, timeout=5)}))
+        for i in range(2)
+    ]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(6)
+    assert results == {0: 1, 1: 2}
+    assert sorted(running) == ["pair-0", "pair-1"]
+    with pytest.raises(ValueError, match="workers must be at least 1, got 0"):
+        DynamicBatcher(fn, workers=0)
+
+
 def test_batcher_propagates_errors_and_keeps_working():
     def fn(items: list[int]) -> list[int]:
         if 0 in items:

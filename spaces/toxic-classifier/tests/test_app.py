@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import concurrent.futures
 import json
+import os
 import threading
 
 import pytest
@@ -46,6 +47,9 @@ def test_health_reports_model_and_demo_weights(space):
     assert body["device"] == "cpu"
     assert body["dtype"] == "int8"
     assert body["extra"]["runtime"] == "onnxruntime"
+    # config.yaml's 2 batcher workers share the cores this process may run on.
+    assert body["extra"]["workers"] == 2
+    assert body["extra"]["threads_per_worker"] == max(1, len(os.sched_getaffinity(0)) // 2)
     assert body["extra"]["label_map"] == {"LABEL_0": "safe", "LABEL_1": "harmful"}
 
 

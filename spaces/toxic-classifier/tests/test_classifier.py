@@ -188,6 +188,9 @@ def test_config_rejects_unknown_keys_and_bad_values(tmp_path):
     path.write_text("precision: fp8\n")
     with pytest.raises(ModelLoadError, match="precision must be"):
         ClassifierConfig.load(path)
+    path.write_text("workers: 0\n")
+    with pytest.raises(ModelLoadError, match="workers must be at least 1, got 0"):
+        ClassifierConfig.load(path)
     path.write_text("runtime: tensorrt\n")
     with pytest.raises(ModelLoadError, match="runtime must be onnxruntime or torch"):
         ClassifierConfig.load(path)
