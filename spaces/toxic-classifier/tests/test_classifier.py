@@ -177,23 +177,25 @@ def test_space_with_broken_model_reports_it_on_health(demo_dir, tmp_path):
     assert '"status":"error"' in str(err.value).replace(" ", "")
 
 
-def test_config_rejects_unknown_keys_and_bad_values(tmp_path):
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("model_id: x\nthreshhold: 0.4\n", "unknown keys \\['threshhold'\\]"),
+        ("threshold: 1.5\n", "threshold must be in"),
+        ("precision: fp8\n", "precision must be"),
+        ("workers: 0\n", "workers must be at least 1, got 0"),
+        ("runtime: tensorrt\n", "runtime must be onnxruntime or torch"),
+    ],
+)
+def test_config_rejects_unknown_keys_and_bad_values(tmp_path, text, message):
     path = tmp_path / "config.yaml"
-    path.write_text("model_id: x\nthreshhold: 0.4\n")
-    with pytest.raises(ModelLoadError, match="unknown keys \\['threshhold'\\]"):
+    path.write_text(text)
+    with pytest.raises(ModelLoadError, match=message):
         ClassifierConfig.load(path)
-    path.write_text("threshold: 1.5\n")
-    with pytest.raises(ModelLoadError, match="threshold must be in"):
-        ClassifierConfig.load(path)
-    path.write_text("precision: fp8\n")
-    with pytest.raises(ModelLoadError, match="precision must be"):
-        ClassifierConfig.load(path)
-    path.write_text("workers: 0\n")
-    with pytest.raises(ModelLoadError, match="workers must be at least 1, got 0"):
-        ClassifierConfig.load(path)
-    path.write_text("runtime: tensorrt\n")
-    with pytest.raises(ModelLoadError, match="runtime must be onnxruntime or torch"):
-        ClassifierConfig.load(path)
+
+
+def test_config_takes_a_normalization_mapping(tmp_path):
+    path = tmp_path / "config.yaml"
     path.write_text(json.dumps({"normalization": {"strip_tashkeel": False}}))
     assert ClassifierConfig.load(path).normalization.strip_tashkeel is False
 
