@@ -103,17 +103,20 @@ def model_threads(workers: int) -> int | None:
     (README, "Speed").
     """
     threads = _env_number("TORCH_NUM_THREADS", int)
-    if threads is not None or workers == 1:
-        return int(threads) if threads is not None else None
+    if threads is not None:
+        return int(threads)
+    if workers == 1:
+        return None
     return max(1, len(os.sched_getaffinity(0)) // workers)
 
 
 def load_engine() -> tuple[Engine, ModelInfo]:
     """Load the model (in the background, once) and describe it for /health."""
+    threads = model_threads(CONFIG.workers)
     classifier = ToxicityClassifier.load(
         CONFIG,
         token=os.environ.get("HF_TOKEN") or None,
-        num_threads=model_threads(CONFIG.workers),
+        num_threads=threads,
         cache_dir=Path(os.environ["ONNX_CACHE"]) if os.environ.get("ONNX_CACHE") else None,
     )
     info = ModelInfo(
@@ -130,7 +133,7 @@ def load_engine() -> tuple[Engine, ModelInfo]:
             },
             "runtime": "onnxruntime" if classifier.onnx else "torch",
             "workers": CONFIG.workers,
-            "threads_per_worker": model_threads(CONFIG.workers),
+            "threads_per_worker": threads,
             "max_length": classifier.max_length,
             "max_chars": CONFIG.max_chars,
             "max_batch": CONFIG.max_batch,
