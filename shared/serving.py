@@ -299,17 +299,25 @@ def gradio_endpoint(
 class DynamicBatcher(Generic[T, R]):
     """Run concurrent single requests through one batched function.
 
-    Callers block in :meth:`submit` from any thread; a worker thread takes whatever is queued
-    (up to ``max_batch_size``) and calls ``fn`` once for all of it. It never waits for a batch
-    to fill: a lone request runs at once, and requests that arrive while the model is busy
-    form the next batch, so latency at low load is unchanged and throughput grows with load.
-    With several ``workers``, that many batches run at once (``fn`` must be thread-safe).
+    Callers block in :meth:`submit` from any thread; a worker thread takes what is queued and
+    calls ``fn`` once for all of it. It never waits for a batch to fill: a lone request runs at
+    once, and requests that arrive while the model is busy form the next batch, so latency at
+    low load is unchanged and throughput grows with load. With several ``workers``, that many
+    batches run at once (``fn`` must be thread-safe).
+
+    A worker takes at most ``max_batch_size`` items, at most ``max_batch_cost`` in total
+    ``cost`` (a first item over the budget still runs, alone), and at most its share of the
+    queue: the queue's length over the workers waiting for work, rounded up. Without the share,
+    the first worker to wake takes the whole queue and runs it on its own cores while the
+    others idle.
 
     Args:
         fn: Maps a list of items to a list of results of the same length and order.
         max_batch_size: Most items per call of ``fn``.
         name: Thread name prefix, for logs.
         workers: Worker threads, each running one batch at a time.
+        cost: The work of one item (e.g. its tokens); 1 per item when None.
+        max_batch_cost: Most total ``cost`` per call of ``fn``; unbounded when None.
     """
 
     def __init__(
@@ -319,14 +327,20 @@ class DynamicBatcher(Generic[T, R]):
         max_batch_size: int = 16,
         name: str = "batcher",
         workers: int = 1,
+        cost: Callable[[T], int] | None = None,
+        max_batch_cost: int | None = None,
     ) -> None:
-        import queue
-
         if workers < 1:
             raise ValueError(f"workers must be at least 1, got {workers}")
+        if max_batch_size < 1:
+            raise ValueError(f"max_batch_size must be at least 1, got {max_batch_size}")
         self._fn = fn
         self.max_batch_size = max_batch_size
-        self._queue: queue.SimpleQueue[tuple[T, Future[R]]] = queue.SimpleQueue()
+        self.max_batch_cost = max_batch_cost
+        self._cost = cost or (lambda _: 1)
+        self._pending: deque[tuple[T, Future[R]]] = deque()
+        self._ready = threading.Condition()
+        self._idle = 0
         self._workers = [
             threading.Thread(target=self._run, name=f"{name}-{i}", daemon=True)
             for i in range(workers)
@@ -334,29 +348,54 @@ class DynamicBatcher(Generic[T, R]):
         for worker in self._workers:
             worker.start()
 
+    @property
+    def queued(self) -> int:
+        """Items waiting for a worker."""
+        with self._ready:
+            return len(self._pending)
+
+    @property
+    def idle_workers(self) -> int:
+        """Workers waiting for work."""
+        with self._ready:
+            return self._idle
+
     def submit(self, item: T, timeout: float | None = None) -> R:
         """Queue one item and wait for its result (exceptions from ``fn`` are re-raised)."""
         return self.submit_many([item], timeout)[0]
 
     def submit_many(self, items: list[T], timeout: float | None = None) -> list[R]:
         """Queue several items and wait for all their results, in order."""
-        futures: list[Future[R]] = []
-        for item in items:
-            future: Future[R] = Future()
-            self._queue.put((item, future))
-            futures.append(future)
+        futures: list[Future[R]] = [Future() for _ in items]
+        with self._ready:
+            self._pending.extend(zip(items, futures, strict=True))
+            self._ready.notify(len(items))
         return [f.result(timeout) for f in futures]
 
-    def _run(self) -> None:
-        import queue
-
-        while True:
-            batch = [self._queue.get()]
-            while len(batch) < self.max_batch_size:
-                try:
-                    batch.append(self._queue.get_nowait())
-                except queue.Empty:
+    def _take(self) -> list[tuple[T, Future[R]]]:
+        """Block until something is queued, then take this worker's batch of it."""
+        with self._ready:
+            self._idle += 1
+            while not self._pending:
+                self._ready.wait()
+            share = -(-len(self._pending) // self._idle)  # ceil: this worker and the idle others
+            self._idle -= 1
+            limit = min(self.max_batch_size, share)
+            batch = [self._pending.popleft()]
+            spent = self._cost(batch[0][0])
+            while self._pending and len(batch) < limit:
+                cost = self._cost(self._pending[0][0])
+                if self.max_batch_cost is not None and spent + cost > self.max_batch_cost:
                     break
+                batch.append(self._pending.popleft())
+                spent += cost
+            if self._pending:
+                self._ready.notify()  # another idle worker may take the rest
+            return batch
+
+    def _run(self) -> None:
+        while True:
+            batch = self._take()
             items = [item for item, _ in batch]
             try:
                 results = self._fn(items)

@@ -7,8 +7,9 @@ gradio_client at concurrency 1 and 16 with short (~20 words) and long (~200 word
 * candidates: the real Space (``spaces/toxic-classifier/app.py``) at each precision asked for
   (``int8`` is the Space's default, an int8 ONNX export in ONNX Runtime; ``int8-torch`` is
   torch's eager dynamic int8, the Space's ``RUNTIME=torch``);
-* ceilings: the bare model in this process (``ToxicityClassifier.forward`` on preprocessed
-  batches, best batch size) and the real server with a no-op model (``noop_app.py``).
+* ceilings: the bare model in this process (``ToxicityClassifier`` preprocessing and forward
+  pass on batches, best batch size and thread layout) and the real server with a no-op model
+  (``noop_app.py``).
 
 Also checks that int8/bf16 keep p(harmful) within 0.02 of fp32 on the evaluation set.
 
@@ -184,15 +185,19 @@ def _set_threads(clf, threads: int, spin: bool = False) -> str:  # noqa: ANN001
     return f"{threads}{', spinning' if spin else ''}"
 
 
-def _forward_rate(clf, prepared: list, workers: int, seconds: float) -> float:  # noqa: ANN001
-    """Texts/s of ``workers`` threads each running ``clf.forward(prepared)`` for ``seconds``."""
+def _forward_rate(clf, texts: list[str], workers: int, seconds: float) -> float:  # noqa: ANN001
+    """Texts/s of ``workers`` threads each classifying ``texts`` for ``seconds``.
+
+    One batch is ``clf.forward(clf.preprocess_all(texts))``: normalisation, tokenizer and model,
+    the work the Space does per batch, with none of the server's.
+    """
     done = [0] * workers
     start = time.perf_counter()
 
     def work(i: int) -> None:
         while done[i] == 0 or time.perf_counter() - start < seconds:
-            clf.forward(prepared)
-            done[i] += len(prepared)
+            clf.forward(clf.preprocess_all(texts))
+            done[i] += len(texts)
 
     threads = [threading.Thread(target=work, args=(i,)) for i in range(workers)]
     for thread in threads:
@@ -244,11 +249,9 @@ def bare_model(
                 setting = _set_threads(clf, threads, spin)
                 if workers > 1:
                     setting = f"{workers} x {setting}"
-                prepared = clf.preprocess_all(
-                    list(itertools.islice(itertools.cycle(batch.texts), size))
-                )
-                clf.forward(prepared)  # warm-up
-                rps = _forward_rate(clf, prepared, workers, plan.bare_s)
+                sample = list(itertools.islice(itertools.cycle(batch.texts), size))
+                clf.forward(clf.preprocess_all(sample))  # warm-up
+                rps = _forward_rate(clf, sample, workers, plan.bare_s)
                 logger.info("bare %s %s batch %d, threads %s: %.1f req/s", precision,
                             batch.name, size, setting, rps)  # fmt: skip
                 best = max(best, (rps, size, setting))
@@ -557,8 +560,9 @@ def report(res: Results, precisions: Sequence[str], command: str, loads: list[st
     lines += [
         "",
         "Ceilings (what no served configuration can pass): the bare model in-process "
-        "(`ToxicityClassifier.forward` on preprocessed batches, tokenizer included, best batch "
-        "size and thread setting, ONNX Runtime's with and without spinning) and the no-op "
+        "(`ToxicityClassifier` preprocessing and forward pass on batches: normalisation, "
+        "tokenizer and model; best batch size and thread setting, ONNX Runtime's with and "
+        "without spinning) and the no-op "
         "server row above at concurrency 16.",
         "",
         "| precision | text | bare model req/s (batch, threads) | no-op server req/s "

@@ -81,8 +81,15 @@ class Engine:
 
     def __init__(self, classifier: ToxicityClassifier) -> None:
         self.classifier = classifier
+        # A batch is at most one forward pass of ``batch_tokens``, and each worker takes its
+        # share of the queue, so two workers split 16 waiting texts instead of one taking all.
         self.batcher: DynamicBatcher[Prepared, Verdict] = DynamicBatcher(
-            self._run, max_batch_size=16, name="toxic-batcher", workers=classifier.config.workers
+            self._run,
+            max_batch_size=16,
+            name="toxic-batcher",
+            workers=classifier.config.workers,
+            cost=lambda prepared: prepared.tokens,
+            max_batch_cost=classifier.config.batch_tokens,
         )
 
     def _run(self, prepared: list[Prepared]) -> list[Verdict]:

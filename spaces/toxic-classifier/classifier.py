@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import itertools
 import logging
-from collections.abc import Mapping, Sequence
+import threading
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal
@@ -126,10 +127,19 @@ class Verdict:
 
 @dataclass(frozen=True)
 class Prepared:
-    """One text after preprocessing."""
+    """One text after preprocessing: normalised and tokenized, ready to pad and run."""
 
-    # What the model sees.
+    # The normalised text.
     text: str
+    # Its token ids, special tokens included, cut at the model's maximum length.
+    input_ids: tuple[int, ...]
+    # True when the text had more tokens than the model's maximum length.
+    truncated: bool
+
+    @property
+    def tokens(self) -> int:
+        """How many tokens the model runs on (the batcher's cost of this text)."""
+        return len(self.input_ids)
 
 
 def plan_chunks(lengths: Sequence[int], budget: int) -> list[tuple[int, int]]:
@@ -206,6 +216,7 @@ class ToxicityClassifier:
         )
         positions = getattr(model.config, "max_position_embeddings", 512)
         self.max_length = min(int(tokenizer.model_max_length), int(positions))
+        self._encode = _encoder(tokenizer, self.max_length)
         self.limits = TextLimits(max_chars=config.max_chars)
         self.device = str(model.device)
         # True when an int8 ONNX export runs in ONNX Runtime (shared.quantize.OnnxModel).
@@ -285,9 +296,14 @@ class ToxicityClassifier:
     # -- preprocess ---------------------------------------------------------------------------
 
     def preprocess(self, text: object) -> Prepared:
-        """Validate and normalise one input; raises ``InputError`` with the limit it broke."""
-        cleaned = check_text(text, self.limits)
-        return Prepared(text=normalize_arabic(cleaned, self.config.normalization))
+        """Validate, normalise and tokenize one input.
+
+        Raises:
+            InputError: naming the limit the input broke.
+        """
+        normalized = normalize_arabic(check_text(text, self.limits), self.config.normalization)
+        ids, truncated = self._encode(normalized)
+        return Prepared(text=normalized, input_ids=ids, truncated=truncated)
 
     # -- forward ------------------------------------------------------------------------------
 
@@ -302,29 +318,33 @@ class ToxicityClassifier:
             Probabilities ``(batch, num_labels)`` in input order and, per text, whether it was
             truncated.
         """
-        texts = [p.text for p in prepared]
-        ids = self.tokenizer(texts, truncation=True, max_length=self.max_length)["input_ids"]
-        order = sorted(range(len(texts)), key=lambda i: len(ids[i]))
-        logits = torch.empty(len(texts), self.model.config.num_labels)  # (batch, num_labels)
-        lengths = [len(ids[i]) for i in order]
+        order = sorted(range(len(prepared)), key=lambda i: prepared[i].tokens)
+        logits = torch.empty(len(prepared), self.model.config.num_labels)  # (batch, num_labels)
+        lengths = [prepared[i].tokens for i in order]
         for start, end in plan_chunks(lengths, self.config.batch_tokens):
             chunk = order[start:end]
-            encoded = self.tokenizer.pad(
-                {"input_ids": [ids[i] for i in chunk]}, padding=True, return_tensors="pt"
-            )
+            inputs = self._pad([prepared[i].input_ids for i in chunk])
             with torch.inference_mode():
-                out = self.model(**encoded.to(self.device)).logits  # (chunk, num_labels)
+                out = self.model(**inputs).logits  # (chunk, num_labels)
             logits[chunk] = out.float().cpu()
-        truncated = [self._was_truncated(t) for t in texts]
         probs = torch.sigmoid(logits) if self.multi_label else torch.softmax(logits, dim=-1)
-        return probs, truncated
+        return probs, [p.truncated for p in prepared]
 
-    def _was_truncated(self, text: str) -> bool:
-        # A token covers at least one character, so short texts cannot overflow: skip the
-        # second tokenization for them.
-        if len(text) + 2 <= self.max_length:
-            return False
-        return len(self.tokenizer(text, truncation=False)["input_ids"]) > self.max_length
+    def _pad(self, rows: Sequence[Sequence[int]]) -> dict[str, torch.Tensor]:
+        """Token id rows padded to the longest, on the tokenizer's padding side."""
+        width = max(len(r) for r in rows)
+        pad_id = self.tokenizer.pad_token_id or 0
+        input_ids = torch.full((len(rows), width), pad_id, dtype=torch.long)  # (chunk, width)
+        attention_mask = torch.zeros((len(rows), width), dtype=torch.long)  # (chunk, width)
+        left = getattr(self.tokenizer, "padding_side", "right") == "left"
+        for i, row in enumerate(rows):
+            span = slice(width - len(row), width) if left else slice(0, len(row))
+            input_ids[i, span] = torch.tensor(row, dtype=torch.long)
+            attention_mask[i, span] = 1
+        return {
+            "input_ids": input_ids.to(self.device),
+            "attention_mask": attention_mask.to(self.device),
+        }
 
     # -- postprocess --------------------------------------------------------------------------
 
@@ -411,6 +431,42 @@ def _normalization(value: object) -> ArabicNormalization:
             f"normalization must be one of {sorted(presets)} or a mapping of options, got {value!r}"
         )
     return presets[value]()
+
+
+def _encoder(tokenizer: Any, max_length: int) -> Callable[[str], tuple[tuple[int, ...], bool]]:
+    """A thread-safe ``text -> (token ids cut at max_length, truncated)`` for ``tokenizer``.
+
+    A transformers tokenizer re-applies its truncation settings to its Rust tokenizer on every
+    call, and the Space tokenizes in many request threads at once; so a private copy of the Rust
+    tokenizer is set up once and only read afterwards. Its ``overflowing`` tokens tell whether a
+    text was cut, without tokenizing it twice. A tokenizer with no Rust backend is called under
+    a lock.
+    """
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    if backend is not None:
+        from tokenizers import Tokenizer
+
+        rust = Tokenizer.from_str(backend.to_str())
+        rust.no_padding()
+        rust.enable_truncation(max_length)
+
+        def encode(text: str) -> tuple[tuple[int, ...], bool]:
+            encoding = rust.encode(text)
+            return tuple(encoding.ids), bool(encoding.overflowing)
+
+        return encode
+    lock = threading.Lock()
+
+    def encode_slow(text: str) -> tuple[tuple[int, ...], bool]:
+        with lock:
+            ids = tokenizer(text, truncation=False)["input_ids"]
+        if len(ids) <= max_length:
+            return tuple(ids), False
+        with lock:
+            cut = tokenizer(text, truncation=True, max_length=max_length)["input_ids"]
+        return tuple(cut), True
+
+    return encode_slow
 
 
 def _example_inputs(tokenizer: Any) -> dict[str, torch.Tensor]:

@@ -199,6 +199,63 @@ def test_batcher_workers_run_batches_at_once():
         DynamicBatcher(fn, workers=0)
 
 
+def _wait_for(condition, what: str, timeout: float = 5.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(0.005)
+
+
+def test_batcher_batches_stay_within_the_cost_budget():
+    """Items are taken in order while their cost fits; one over the budget runs alone."""
+    entered, gate = threading.Event(), threading.Event()
+    calls: list[list[int]] = []
+
+    def fn(items: list[int]) -> list[int]:
+        entered.set()
+        gate.wait(5)
+        calls.append(items)
+        return items
+
+    batcher = DynamicBatcher(fn, max_batch_size=16, cost=lambda x: x, max_batch_cost=512)
+    blocker = threading.Thread(target=batcher.submit, args=(1,))
+    blocker.start()
+    assert entered.wait(5), "the worker never took the first item"
+    results: list[int] = []
+    later = threading.Thread(
+        target=lambda: results.extend(batcher.submit_many([300, 200, 100, 600, 50], timeout=5))
+    )
+    later.start()
+    _wait_for(lambda: batcher.queued == 5, "five queued items")
+    gate.set()
+    blocker.join(5)
+    later.join(5)
+    assert results == [300, 200, 100, 600, 50]
+    assert calls == [[1], [300, 200], [100], [600], [50]]
+
+
+def test_batcher_idle_workers_share_the_queue():
+    """Two idle workers split 16 waiting items 8 + 8: neither takes it all."""
+    sizes: list[int] = []
+    both = threading.Barrier(2, timeout=5)
+
+    def fn(items: list[int]) -> list[int]:
+        sizes.append(len(items))
+        both.wait()  # the two batches run at the same time
+        return items
+
+    batcher = DynamicBatcher(fn, max_batch_size=16, workers=2)
+    _wait_for(lambda: batcher.idle_workers == 2, "both workers to wait for work")
+    assert batcher.submit_many(list(range(16)), timeout=5) == list(range(16))
+    assert sizes == [8, 8]
+
+
+def test_batcher_rejects_bad_sizes():
+    with pytest.raises(ValueError, match="max_batch_size must be at least 1, got 0"):
+        DynamicBatcher(lambda items: items, max_batch_size=0)
+
+
 def test_batcher_propagates_errors_and_keeps_working():
     def fn(items: list[int]) -> list[int]:
         if 0 in items:

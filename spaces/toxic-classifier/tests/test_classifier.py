@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import shutil
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
 from pathlib import Path
 
@@ -96,6 +97,50 @@ def test_batch_equals_singles(classifier):
         assert verdict.scores["harmful"] == pytest.approx(single.scores["harmful"], abs=1e-5)
         assert verdict.truncated == single.truncated
     assert [v.truncated for v in batch] == [False, False, False, True]
+
+
+class _PythonOnlyTokenizer:
+    """The demo tokenizer without its Rust backend, like a tokenizer that has none."""
+
+    def __init__(self, tokenizer) -> None:
+        self._tokenizer = tokenizer
+        self.model_max_length = tokenizer.model_max_length
+        self.pad_token_id = tokenizer.pad_token_id
+        self.padding_side = tokenizer.padding_side
+
+    def __call__(self, *args, **kwargs):
+        return self._tokenizer(*args, **kwargs)
+
+
+TEXT = st.text(
+    alphabet=st.sampled_from("ابتثجحخدذرسشصضطظعغفقكلمنهوي ءآأؤإئة ًٌٍَُِّْـ abcXYZ019 .,!؟،😀🙂"),
+    max_size=1500,
+).filter(str.strip)
+
+
+@given(text=TEXT)
+def test_preprocess_tokenizes_like_the_tokenizer(classifier, text):
+    """Token ids and the truncation flag match the transformers tokenizer, with or without its
+    Rust backend."""
+    python_only = ToxicityClassifier(
+        classifier.model, _PythonOnlyTokenizer(classifier.tokenizer), classifier.config, "m"
+    )
+    prepared = classifier.preprocess(text)
+    limit = classifier.max_length
+    expected = classifier.tokenizer(prepared.text, truncation=True, max_length=limit)
+    whole = classifier.tokenizer(prepared.text, truncation=False)["input_ids"]
+    assert list(prepared.input_ids) == expected["input_ids"]
+    assert prepared.truncated == (len(whole) > limit)
+    assert python_only.preprocess(text) == prepared
+
+
+def test_preprocess_is_thread_safe(classifier):
+    """Request threads tokenize at once (the Space's case): same results as one at a time."""
+    texts = [TOXIC, "شكرا", "يا ghabi", "كلمة " * 700, "😀", "مرحبا بكم " * 40] * 8
+    expected = [classifier.preprocess(t) for t in texts]
+    with ThreadPoolExecutor(8) as pool:
+        for _ in range(5):
+            assert list(pool.map(classifier.preprocess, texts)) == expected
 
 
 def test_token_budget_chunks_keep_order_and_scores(classifier):
