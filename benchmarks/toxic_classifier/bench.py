@@ -103,6 +103,10 @@ class Cell:
     p50_ms: float
     p95_ms: float
     rss_mb: float
+    # CPU time (user + system) per completed request during the cell, in ms: the server's
+    # process tree, and this process (the gradio_client load generator).
+    server_cpu_ms: float = 0.0
+    client_cpu_ms: float = 0.0
 
 
 @dataclass
@@ -315,6 +319,15 @@ def text_gops(tokens: float, layers: int = 12, hidden: int = 768, inner: int = 3
 # -- servers ------------------------------------------------------------------------------------
 
 
+def _cpu_seconds(process: psutil.Process, children: bool = True) -> float:
+    """User + system CPU seconds of ``process`` (and, with ``children``, its children) so far."""
+    try:
+        tree = [process, *(process.children(recursive=True) if children else [])]
+        return sum(t.user + t.system for t in (p.cpu_times() for p in tree))
+    except psutil.Error:
+        return 0.0
+
+
 class PeakRSS:
     """Samples a process tree's resident memory in a thread; ``reset`` starts a new peak."""
 
@@ -428,6 +441,8 @@ def measure_server(
     logger.info("starting %s", label)
     with server(kind, model_dir, precision, extra_env) as running:
         rss = PeakRSS(running.process.pid)
+        # The server runs as a child of this process: count the load generator without it.
+        served, generator = psutil.Process(running.process.pid), psutil.Process()
         # ssl_verify=False: the servers are plain http on localhost, so it changes nothing on
         # the wire, but gradio_client makes a new httpx client per request, and loading the CA
         # bundle for each cost ~180 ms of CPU per request, on the cores the server needs.
@@ -443,6 +458,7 @@ def measure_server(
                 for concurrency in concurrencies:
                     low = concurrency == 1
                     rss.reset()
+                    cpu = (_cpu_seconds(served), _cpu_seconds(generator, children=False))
                     latencies, errors, wall = drive(
                         clients,
                         batch.texts,
@@ -450,6 +466,9 @@ def measure_server(
                         plan.requests_c1 if low else plan.requests_c16,
                         plan.cap_c1_s if low else plan.cap_c16_s,
                     )
+                    done = max(1, len(latencies))
+                    server_cpu = (_cpu_seconds(served) - cpu[0]) * 1000 / done
+                    client_cpu = (_cpu_seconds(generator, children=False) - cpu[1]) * 1000 / done
                     cell = Cell(
                         config=label,
                         length=batch.name,
@@ -460,6 +479,8 @@ def measure_server(
                         p50_ms=1000 * _percentile(latencies, 0.50),
                         p95_ms=1000 * _percentile(latencies, 0.95),
                         rss_mb=rss.peak / 2**20,
+                        server_cpu_ms=server_cpu,
+                        client_cpu_ms=client_cpu,
                     )
                     logger.info("%s", cell)
                     out.add(cell)
@@ -507,6 +528,35 @@ def lower_ceiling(res: Results, precision: str, length: str) -> float | None:
     return min(values) if values else None
 
 
+def _cores() -> int:
+    return len(os.sched_getaffinity(0))
+
+
+@dataclass(frozen=True)
+class CpuBound:
+    """What the cores allow a served model, from CPU time per request."""
+
+    # CPU ms per text of the bare model: cores / its best req/s.
+    model_ms: float
+    # CPU ms per request of the no-op server and of its load generator.
+    server_ms: float
+    client_ms: float
+
+    @property
+    def rps(self) -> float:
+        """cores / (model + server + load generator), in requests/s."""
+        return _cores() * 1000 / (self.model_ms + self.server_ms + self.client_ms)
+
+
+def cpu_bound(res: Results, precision: str, length: str) -> CpuBound | None:
+    """The CPU-time bound on the served model at concurrency 16, or None if not measured."""
+    bare = res.bare.get((precision, length))
+    noop = res.cell("no-op model (server ceiling)", length, HIGH_CONCURRENCY)
+    if not bare or not noop or not noop.server_cpu_ms:
+        return None
+    return CpuBound(_cores() * 1000 / bare[0], noop.server_cpu_ms, noop.client_cpu_ms)
+
+
 def report(res: Results, precisions: Sequence[str], command: str, loads: list[str]) -> str:
     """The markdown report."""
     import onnxruntime
@@ -539,8 +589,8 @@ def report(res: Results, precisions: Sequence[str], command: str, loads: list[st
         "as the server, for the baseline and the candidates alike.",
         "",
         "| configuration | text | concurrency | req/s | p50 ms | p95 ms | peak RSS MB "
-        "| x baseline | % of lower ceiling |",
-        "|---|---|---:|---:|---:|---:|---:|---:|---:|",
+        "| server CPU ms/req | load generator CPU ms/req | x baseline | % of lower ceiling |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for c in res.cells:
         base = res.cell(BASELINE, c.length, c.concurrency)
@@ -555,7 +605,8 @@ def report(res: Results, precisions: Sequence[str], command: str, loads: list[st
         errors = f" ({c.errors} errors)" if c.errors else ""
         lines.append(
             f"| {c.config} | {c.length} | {c.concurrency} | {c.rps:.1f}{errors} | "
-            f"{c.p50_ms:.0f} | {c.p95_ms:.0f} | {c.rss_mb:.0f} | {ratio} | {share} |"
+            f"{c.p50_ms:.0f} | {c.p95_ms:.0f} | {c.rss_mb:.0f} | {c.server_cpu_ms:.1f} | "
+            f"{c.client_cpu_ms:.1f} | {ratio} | {share} |"
         )
     lines += [
         "",
@@ -576,6 +627,33 @@ def report(res: Results, precisions: Sequence[str], command: str, loads: list[st
             f"| {precision} | {length} | {rps:.1f} ({size}, {threads}) | "
             f"{f'{noop.rps:.1f}' if noop else '-'} | {f'{ceiling:.1f}' if ceiling else '-'} |"
         )
+    bounds = [
+        (precision, length, bound)
+        for precision in dict.fromkeys(res.candidates.values())
+        for length in res.tokens
+        if (bound := cpu_bound(res, precision, length)) is not None
+    ]
+    if bounds:
+        lines += [
+            "",
+            "The model, the server and the load generator share the same "
+            f"{_cores()} cores, so their CPU time per request adds up. Per request at "
+            "concurrency 16: the bare model costs cores / its req/s, and the no-op row costs "
+            "what the server and the load generator spend around any model (their CPU time "
+            "during that row, over its requests). No server that spends what the no-op one "
+            "does per request can pass cores / (model + server + load generator):",
+            "",
+            "| precision | text | model CPU ms/req | no-op server + load generator CPU ms/req "
+            "| at most req/s | % of lower ceiling |",
+            "|---|---|---:|---:|---:|---:|",
+        ]
+        for precision, length, bound in bounds:
+            ceiling = lower_ceiling(res, precision, length) or 0.0
+            lines.append(
+                f"| {precision} | {length} | {bound.model_ms:.1f} | "
+                f"{bound.server_ms:.1f} + {bound.client_ms:.1f} | {bound.rps:.1f} | "
+                f"{100 * bound.rps / ceiling:.0f}% |"
+            )
     if res.matmul[0] and "long" in res.tokens:
         fp32, int8 = res.matmul
         gops = text_gops(res.tokens["long"][2])

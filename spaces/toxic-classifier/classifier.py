@@ -436,11 +436,11 @@ def _normalization(value: object) -> ArabicNormalization:
 def _encoder(tokenizer: Any, max_length: int) -> Callable[[str], tuple[tuple[int, ...], bool]]:
     """A thread-safe ``text -> (token ids cut at max_length, truncated)`` for ``tokenizer``.
 
-    A transformers tokenizer re-applies its truncation settings to its Rust tokenizer on every
-    call, and the Space tokenizes in many request threads at once; so a private copy of the Rust
-    tokenizer is set up once and only read afterwards. Its ``overflowing`` tokens tell whether a
-    text was cut, without tokenizing it twice. A tokenizer with no Rust backend is called under
-    a lock.
+    A transformers tokenizer rewrites its Rust tokenizer's truncation and padding settings
+    whenever a call asks for other ones (shared state), and the Space tokenizes in many request
+    threads at once; so a private copy of the Rust tokenizer is set up once and only read
+    afterwards. Its ``overflowing`` tokens tell whether a text was cut, without tokenizing it
+    twice. A tokenizer with no Rust backend is called under a lock.
     """
     backend = getattr(tokenizer, "backend_tokenizer", None)
     if backend is not None:
@@ -448,7 +448,9 @@ def _encoder(tokenizer: Any, max_length: int) -> Callable[[str], tuple[tuple[int
 
         rust = Tokenizer.from_str(backend.to_str())
         rust.no_padding()
-        rust.enable_truncation(max_length)
+        rust.enable_truncation(
+            max_length, direction=getattr(tokenizer, "truncation_side", None) or "right"
+        )
 
         def encode(text: str) -> tuple[tuple[int, ...], bool]:
             encoding = rust.encode(text)
