@@ -338,7 +338,8 @@ class DynamicBatcher(Generic[T, R]):
         self.max_batch_size = max_batch_size
         self.max_batch_cost = max_batch_cost
         self._cost = cost or (lambda _: 1)
-        self._pending: deque[tuple[T, Future[R]]] = deque()
+        # (item, its future, its cost), oldest first.
+        self._pending: deque[tuple[T, Future[R], int]] = deque()
         self._ready = threading.Condition()
         self._idle = 0
         self._workers = [
@@ -365,33 +366,50 @@ class DynamicBatcher(Generic[T, R]):
         return self.submit_many([item], timeout)[0]
 
     def submit_many(self, items: list[T], timeout: float | None = None) -> list[R]:
-        """Queue several items and wait for all their results, in order."""
+        """Queue several items and wait for all their results, in order.
+
+        Raises:
+            TimeoutError: a result did not come within ``timeout`` seconds; the items still
+                queued are dropped, not run for nobody.
+        """
+        costs = [self._cost(item) for item in items]  # a failing cost fails this caller only
         futures: list[Future[R]] = [Future() for _ in items]
         with self._ready:
-            self._pending.extend(zip(items, futures, strict=True))
+            self._pending.extend(zip(items, futures, costs, strict=True))
             self._ready.notify(len(items))
-        return [f.result(timeout) for f in futures]
+        try:
+            return [f.result(timeout) for f in futures]
+        except TimeoutError:
+            for future in futures:
+                future.cancel()  # only the ones no worker has taken yet
+            raise
 
     def _take(self) -> list[tuple[T, Future[R]]]:
         """Block until something is queued, then take this worker's batch of it."""
         with self._ready:
-            self._idle += 1
-            while not self._pending:
-                self._ready.wait()
-            share = -(-len(self._pending) // self._idle)  # ceil: this worker and the idle others
-            self._idle -= 1
-            limit = min(self.max_batch_size, share)
-            batch = [self._pending.popleft()]
-            spent = self._cost(batch[0][0])
-            while self._pending and len(batch) < limit:
-                cost = self._cost(self._pending[0][0])
-                if self.max_batch_cost is not None and spent + cost > self.max_batch_cost:
-                    break
-                batch.append(self._pending.popleft())
-                spent += cost
-            if self._pending:
-                self._ready.notify()  # another idle worker may take the rest
-            return batch
+            while True:
+                self._idle += 1
+                while not self._pending:
+                    self._ready.wait()
+                # ceil: this worker and the other idle ones split the queue
+                share = -(-len(self._pending) // self._idle)
+                self._idle -= 1
+                limit = min(self.max_batch_size, share)
+                batch: list[tuple[T, Future[R]]] = []
+                spent = 0
+                while self._pending and len(batch) < limit:
+                    item, future, cost = self._pending[0]
+                    over = self.max_batch_cost is not None and spent + cost > self.max_batch_cost
+                    if batch and over:
+                        break
+                    self._pending.popleft()
+                    if future.set_running_or_notify_cancel():  # False: its caller gave up
+                        batch.append((item, future))
+                        spent += cost
+                if self._pending:
+                    self._ready.notify()  # another idle worker may take the rest
+                if batch:
+                    return batch
 
     def _run(self) -> None:
         while True:

@@ -10,12 +10,19 @@ Usage (from the monorepo root):
     python -m benchmarks.toxic_classifier.ab [--rounds 5] [--requests 96] [--length short]
         [--noop] --config NAME [VAR=VALUE ...] --config NAME [VAR=VALUE ...]
 
+``CHECKOUT=DIR`` in a configuration is not an environment variable: that configuration serves
+the Space from another checkout of this repository (its ``shared`` too), to compare code.
+
 Examples:
     # int8 in ONNX Runtime (the default) against torch's eager int8
     python -m benchmarks.toxic_classifier.ab --config onnxruntime --config torch RUNTIME=torch
     # Gradio's analytics summary after every request (its default) against every 1,000
     python -m benchmarks.toxic_classifier.ab --noop --config every-1000 \
         --config every-1 GRADIO_ANALYTICS_CACHE_FREQUENCY=1
+    # this tree against an earlier commit, on long texts
+    git worktree add /tmp/base HEAD~1
+    python -m benchmarks.toxic_classifier.ab --length long --requests 48 --rounds 4 \
+        --config new --config base CHECKOUT=/tmp/base
 """
 
 from __future__ import annotations
@@ -28,6 +35,7 @@ import statistics
 import threading
 import time
 from collections.abc import Sequence
+from pathlib import Path
 
 from benchmarks.toxic_classifier.bench import HIGH_CONCURRENCY, server
 from benchmarks.toxic_classifier.workload import build_model, make_texts
@@ -62,7 +70,8 @@ def burst(clients: Sequence, text: str, requests: int) -> float:
     return requests / (time.perf_counter() - start)
 
 
-def _config(values: list[str]) -> tuple[str, dict[str, str]]:
+def _config(values: list[str]) -> tuple[str, dict[str, str], Path | None]:
+    """``NAME [VAR=VALUE ...]`` -> the name, the environment and the ``CHECKOUT`` folder."""
     name, *pairs = values
     env = {}
     for pair in pairs:
@@ -70,7 +79,10 @@ def _config(values: list[str]) -> tuple[str, dict[str, str]]:
         if not sep or not key:
             raise argparse.ArgumentTypeError(f"{pair!r} is not VAR=VALUE")
         env[key] = value
-    return name, env
+    checkout = Path(env.pop("CHECKOUT")).resolve() if "CHECKOUT" in env else None
+    if checkout is not None and not (checkout / "spaces" / "toxic-classifier").is_dir():
+        raise argparse.ArgumentTypeError(f"CHECKOUT={checkout}: no spaces/toxic-classifier there")
+    return name, env, checkout
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -96,7 +108,7 @@ def main(argv: list[str] | None = None) -> int:
         configs = [_config(values) for values in args.config]
     except argparse.ArgumentTypeError as e:
         parser.error(str(e))
-    if len({name for name, _ in configs}) != len(configs):
+    if len({name for name, _, _ in configs}) != len(configs):
         parser.error("configuration names must differ")
 
     from gradio_client import Client
@@ -104,16 +116,17 @@ def main(argv: list[str] | None = None) -> int:
     model_dir = build_model()
     short, long = make_texts()
     text = (short if args.length == "short" else long).texts[0]
-    servers = [(name, "space", env) for name, env in configs]
+    servers = [(name, "space", env, checkout) for name, env, checkout in configs]
     if args.noop:
-        servers.append(("no-op model", "noop", {}))
-    rates: dict[str, list[float]] = {name: [] for name, _, _ in servers}
+        servers.append(("no-op model", "noop", {}, None))
+    rates: dict[str, list[float]] = {name: [] for name, _, _, _ in servers}
     with contextlib.ExitStack() as stack:
         clients = {}
-        for name, kind, env in servers:
-            logger.info("starting %s (%s)", name, env or "defaults")
+        for name, kind, env, checkout in servers:
+            logger.info("starting %s (%s%s)", name, env or "defaults",
+                        f", from {checkout}" if checkout else "")  # fmt: skip
             running = stack.enter_context(
-                server(kind, model_dir, env.pop("PRECISION", "int8"), env)
+                server(kind, model_dir, env.pop("PRECISION", "int8"), env, checkout)
             )
             clients[name] = [
                 Client(running.url, verbose=False, ssl_verify=False)

@@ -116,6 +116,10 @@ class Results:
     cells: list[Cell] = field(default_factory=list)
     # (precision, length) -> (best requests/s, batch size, intra-op threads as reported)
     bare: dict[tuple[str, str], tuple[float, int, str]] = field(default_factory=dict)
+    # (precision, length) -> least CPU ms per text of the bare model over the settings tried
+    bare_cpu_ms: dict[tuple[str, str], float] = field(default_factory=dict)
+    # length -> CPU ms per text of preprocessing alone (the no-op server does it too)
+    prep_ms: dict[str, float] = field(default_factory=dict)
     # precision -> (max |Δp(harmful)|, max |Δ logit margin|) against fp32
     drift: dict[str, tuple[float, float]] = field(default_factory=dict)
     # spread (std) of the fp32 logit margin over the eval set, for scale
@@ -189,13 +193,15 @@ def _set_threads(clf, threads: int, spin: bool = False) -> str:  # noqa: ANN001
     return f"{threads}{', spinning' if spin else ''}"
 
 
-def _forward_rate(clf, texts: list[str], workers: int, seconds: float) -> float:  # noqa: ANN001
-    """Texts/s of ``workers`` threads each classifying ``texts`` for ``seconds``.
+def _forward_rate(clf, texts: list[str], workers: int, seconds: float) -> tuple[float, float]:  # noqa: ANN001
+    """Texts/s of ``workers`` threads each classifying ``texts`` for ``seconds``, and the
+    process's CPU ms per text meanwhile (no server runs during this part of the benchmark).
 
     One batch is ``clf.forward(clf.preprocess_all(texts))``: normalisation, tokenizer and model,
     the work the Space does per batch, with none of the server's.
     """
     done = [0] * workers
+    cpu = time.process_time()
     start = time.perf_counter()
 
     def work(i: int) -> None:
@@ -208,7 +214,17 @@ def _forward_rate(clf, texts: list[str], workers: int, seconds: float) -> float:
         thread.start()
     for thread in threads:
         thread.join()
-    return sum(done) / (time.perf_counter() - start)
+    wall, cpu = time.perf_counter() - start, time.process_time() - cpu
+    return sum(done) / wall, 1000 * cpu / sum(done)
+
+
+def _preprocess_ms(clf, texts: list[str], seconds: float) -> float:  # noqa: ANN001
+    """CPU ms per text of ``clf.preprocess`` alone (limits, normalisation, tokenizer)."""
+    done, cpu, start = 0, time.process_time(), time.perf_counter()
+    while done == 0 or time.perf_counter() - start < seconds:
+        clf.preprocess_all(texts)
+        done += len(texts)
+    return 1000 * (time.process_time() - cpu) / done
 
 
 def bare_model(
@@ -255,13 +271,16 @@ def bare_model(
                     setting = f"{workers} x {setting}"
                 sample = list(itertools.islice(itertools.cycle(batch.texts), size))
                 clf.forward(clf.preprocess_all(sample))  # warm-up
-                rps = _forward_rate(clf, sample, workers, plan.bare_s)
-                logger.info("bare %s %s batch %d, threads %s: %.1f req/s", precision,
-                            batch.name, size, setting, rps)  # fmt: skip
+                rps, cpu_ms = _forward_rate(clf, sample, workers, plan.bare_s)
+                logger.info("bare %s %s batch %d, threads %s: %.1f req/s, %.1f CPU ms/text",
+                            precision, batch.name, size, setting, rps, cpu_ms)  # fmt: skip
                 best = max(best, (rps, size, setting))
+                key = (precision, batch.name)
+                out.bare_cpu_ms[key] = min(cpu_ms, out.bare_cpu_ms.get(key, cpu_ms))
             _set_threads(clf, default_threads)
-            key = (precision, batch.name)
             out.bare[key] = max(best, out.bare.get(key, best))
+            prep = _preprocess_ms(clf, batch.texts, plan.bare_s)
+            out.prep_ms[batch.name] = min(prep, out.prep_ms.get(batch.name, prep))
         del clf
         gc.collect()
 
@@ -319,13 +338,27 @@ def text_gops(tokens: float, layers: int = 12, hidden: int = 768, inner: int = 3
 # -- servers ------------------------------------------------------------------------------------
 
 
+def _tree(process: psutil.Process) -> list[psutil.Process]:
+    """``process`` and its living children."""
+    try:
+        return [process, *process.children(recursive=True)]
+    except psutil.Error:
+        return [process]
+
+
+def _tree_sum(processes: list[psutil.Process], read) -> float:  # noqa: ANN001
+    """Sum of ``read(p)`` over ``processes``, skipping any that have exited."""
+    total = 0.0
+    for p in processes:
+        with contextlib.suppress(psutil.Error):
+            total += read(p)
+    return total
+
+
 def _cpu_seconds(process: psutil.Process, children: bool = True) -> float:
     """User + system CPU seconds of ``process`` (and, with ``children``, its children) so far."""
-    try:
-        tree = [process, *(process.children(recursive=True) if children else [])]
-        return sum(t.user + t.system for t in (p.cpu_times() for p in tree))
-    except psutil.Error:
-        return 0.0
+    processes = _tree(process) if children else [process]
+    return _tree_sum(processes, lambda p: p.cpu_times().user + p.cpu_times().system)
 
 
 class PeakRSS:
@@ -340,11 +373,7 @@ class PeakRSS:
         self._thread.start()
 
     def _rss(self) -> int:
-        try:
-            tree = [self._process, *self._process.children(recursive=True)]
-            return sum(p.memory_info().rss for p in tree)
-        except psutil.Error:
-            return 0
+        return int(_tree_sum(_tree(self._process), lambda p: p.memory_info().rss))
 
     def _run(self) -> None:
         while not self._stop.wait(self._interval):
@@ -372,14 +401,26 @@ def _shim(name: str, script: Path) -> Path:
 
 @contextmanager
 def server(
-    kind: str, model_dir: Path, precision: str, extra_env: dict[str, str] | None = None
+    kind: str,
+    model_dir: Path,
+    precision: str,
+    extra_env: dict[str, str] | None = None,
+    checkout: Path | None = None,
 ) -> Iterator[RunningSpace]:
-    """Start ``naive``, ``space`` or ``noop`` on the benchmark model."""
+    """Start ``naive``, ``space`` or ``noop`` on the benchmark model.
+
+    ``checkout``: serve the Space (and its ``shared``) from another checkout of this repository,
+    e.g. a ``git worktree`` of an earlier commit, to compare two versions of the code.
+    """
     dtype, runtime = ENGINES[precision]
     env = {"MODEL_ID": str(model_dir), "PRECISION": dtype, "RUNTIME": runtime}
     env["TRANSFORMERS_VERBOSITY"] = "error"
     env |= extra_env or {}
-    if kind == "space":
+    if kind == "space" and checkout is not None:
+        env["PYTHONPATH"] = str(checkout)  # its shared/, ahead of this tree's
+        folder = checkout / "spaces" / "toxic-classifier"
+        manager = start_space("toxic-classifier", env, space_dir=folder, timeout=300)
+    elif kind == "space":
         manager = start_space("toxic-classifier", env, timeout=300)
     else:
         script = HERE / ("naive_app.py" if kind == "naive" else "noop_app.py")
@@ -536,10 +577,11 @@ def _cores() -> int:
 class CpuBound:
     """What the cores allow a served model, from CPU time per request."""
 
-    # CPU ms per text of the bare model: cores / its best req/s.
+    # CPU ms per text of the bare model (preprocessing included), the least measured.
     model_ms: float
-    # CPU ms per request of the no-op server and of its load generator.
+    # CPU ms per request of the no-op server, less the preprocessing counted in model_ms.
     server_ms: float
+    # CPU ms per request of the load generator during the no-op row.
     client_ms: float
 
     @property
@@ -550,11 +592,12 @@ class CpuBound:
 
 def cpu_bound(res: Results, precision: str, length: str) -> CpuBound | None:
     """The CPU-time bound on the served model at concurrency 16, or None if not measured."""
-    bare = res.bare.get((precision, length))
+    model_ms = res.bare_cpu_ms.get((precision, length))
     noop = res.cell("no-op model (server ceiling)", length, HIGH_CONCURRENCY)
-    if not bare or not noop or not noop.server_cpu_ms:
+    if not model_ms or not noop or not noop.server_cpu_ms:
         return None
-    return CpuBound(_cores() * 1000 / bare[0], noop.server_cpu_ms, noop.client_cpu_ms)
+    server_ms = max(0.0, noop.server_cpu_ms - res.prep_ms.get(length, 0.0))
+    return CpuBound(model_ms, server_ms, noop.client_cpu_ms)
 
 
 def report(res: Results, precisions: Sequence[str], command: str, loads: list[str]) -> str:
@@ -638,12 +681,13 @@ def report(res: Results, precisions: Sequence[str], command: str, loads: list[st
             "",
             "The model, the server and the load generator share the same "
             f"{_cores()} cores, so their CPU time per request adds up. Per request at "
-            "concurrency 16: the bare model costs cores / its req/s, and the no-op row costs "
-            "what the server and the load generator spend around any model (their CPU time "
-            "during that row, over its requests). No server that spends what the no-op one "
-            "does per request can pass cores / (model + server + load generator):",
+            "concurrency 16: the bare model's CPU time per text (the least over the settings "
+            "tried, preprocessing included), and what the no-op row's server (less that "
+            "preprocessing) and load generator spent per request around a model that costs "
+            "nothing. No server that spends what the no-op one does per request can pass "
+            "cores / (model + server + load generator):",
             "",
-            "| precision | text | model CPU ms/req | no-op server + load generator CPU ms/req "
+            "| precision | text | model CPU ms/text | no-op server + load generator CPU ms/req "
             "| at most req/s | % of lower ceiling |",
             "|---|---|---:|---:|---:|---:|",
         ]

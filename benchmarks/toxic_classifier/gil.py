@@ -2,8 +2,8 @@
 
 In the Space, the model runs in a batcher thread while the web server's event loop runs Python
 in the same process. This measures the bare model (``ToxicityClassifier.forward`` on 16 short
-texts) alone and beside a thread that runs pure Python for a given share of every 2 ms, for both
-int8 runtimes, interleaved:
+texts, tokenized beforehand) alone and beside a thread that runs pure Python for a given share
+of every 2 ms, for both int8 runtimes, interleaved:
 
 * ``torch``: eager dynamic int8; the forward pass drops and retakes the GIL at every operator,
   so each retake can wait for the other thread's switch interval;

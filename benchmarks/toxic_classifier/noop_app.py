@@ -1,9 +1,10 @@
 """The server ceiling: the real toxic-classifier app with a no-op model.
 
 Imports the Space's ``app`` unchanged, replaces ``ToxicityClassifier.forward`` with a
-constant-time stub (fixed probabilities, no tokenizer, no model), and serves it exactly as
-``app.py`` does. Whatever throughput this reaches is what Gradio, the queue, the batcher,
-preprocessing and postprocessing allow before the model costs anything.
+constant-time stub (fixed probabilities, no model), and serves it exactly as ``app.py`` does;
+preprocessing (limits, normalisation, tokenizer) runs as in the Space. Whatever throughput this
+reaches is what Gradio, the queue, the batcher, preprocessing and postprocessing allow before
+the model costs anything.
 
 Environment: as the Space (``MODEL_ID``, ``PRECISION``, ``PORT``, ``HOST``).
 """

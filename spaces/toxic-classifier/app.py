@@ -81,8 +81,8 @@ class Engine:
 
     def __init__(self, classifier: ToxicityClassifier) -> None:
         self.classifier = classifier
-        # A batch is at most one forward pass of ``batch_tokens``, and each worker takes its
-        # share of the queue, so two workers split 16 waiting texts instead of one taking all.
+        # A worker takes at most ``batch_tokens`` tokens (unpadded) and its share of the queue,
+        # so two idle workers split 16 waiting texts instead of one taking them all.
         self.batcher: DynamicBatcher[Prepared, Verdict] = DynamicBatcher(
             self._run,
             max_batch_size=16,

@@ -1,6 +1,6 @@
 """The toxicity predictor: text in, a ``harmful``/``safe`` verdict out, no Gradio or HTTP here.
 
-preprocess (clean, Arabic normalisation, limits) -> forward (tokenize, model, under
+preprocess (clean, limits, Arabic normalisation, tokenize) -> forward (pad, model, under
 ``torch.inference_mode``) -> postprocess (softmax or sigmoid, raw labels mapped onto
 ``harmful``/``safe`` through ``shared.labels``, the threshold rule). The Space, the evaluate
 command and the benchmark all call :class:`ToxicityClassifier`.
@@ -217,6 +217,14 @@ class ToxicityClassifier:
         positions = getattr(model.config, "max_position_embeddings", 512)
         self.max_length = min(int(tokenizer.model_max_length), int(positions))
         self._encode = _encoder(tokenizer, self.max_length)
+        pad_id = tokenizer.pad_token_id
+        self._pad_id = pad_id if pad_id is not None else model.config.pad_token_id
+        if self._pad_id is None:
+            raise ModelLoadError(
+                f"{model_ref}: neither the tokenizer nor the model config has a pad token id, "
+                "so texts of different lengths cannot share a batch; set pad_token_id in "
+                "config.json"
+            )
         self.limits = TextLimits(max_chars=config.max_chars)
         self.device = str(model.device)
         # True when an int8 ONNX export runs in ONNX Runtime (shared.quantize.OnnxModel).
@@ -333,8 +341,7 @@ class ToxicityClassifier:
     def _pad(self, rows: Sequence[Sequence[int]]) -> dict[str, torch.Tensor]:
         """Token id rows padded to the longest, on the tokenizer's padding side."""
         width = max(len(r) for r in rows)
-        pad_id = self.tokenizer.pad_token_id or 0
-        input_ids = torch.full((len(rows), width), pad_id, dtype=torch.long)  # (chunk, width)
+        input_ids = torch.full((len(rows), width), self._pad_id, dtype=torch.long)  # (chunk, width)
         attention_mask = torch.zeros((len(rows), width), dtype=torch.long)  # (chunk, width)
         left = getattr(self.tokenizer, "padding_side", "right") == "left"
         for i, row in enumerate(rows):
@@ -447,6 +454,7 @@ def _encoder(tokenizer: Any, max_length: int) -> Callable[[str], tuple[tuple[int
         from tokenizers import Tokenizer
 
         rust = Tokenizer.from_str(backend.to_str())
+        rust.encode_special_tokens = backend.encode_special_tokens  # not in the serialization
         rust.no_padding()
         rust.enable_truncation(
             max_length, direction=getattr(tokenizer, "truncation_side", None) or "right"
@@ -474,8 +482,8 @@ def _encoder(tokenizer: Any, max_length: int) -> Callable[[str], tuple[tuple[int
 def _example_inputs(tokenizer: Any) -> dict[str, torch.Tensor]:
     """Two padded texts of different lengths: the export's example batch.
 
-    Only what :meth:`ToxicityClassifier.forward` passes (``tokenizer.pad`` output), so the
-    graph takes exactly the inputs the torch path gives the model.
+    Only what :meth:`ToxicityClassifier.forward` passes (``input_ids`` and
+    ``attention_mask``), so the graph takes exactly the inputs the torch path gives the model.
     """
     texts = ["نص قصير", "نص أطول قليلا من الأول للتصدير"]
     batch = tokenizer(texts, padding=True, return_tensors="pt")

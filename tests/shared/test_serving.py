@@ -251,6 +251,35 @@ def test_batcher_idle_workers_share_the_queue():
     assert sizes == [8, 8]
 
 
+def test_batcher_drops_items_whose_caller_timed_out():
+    entered, gate = threading.Event(), threading.Event()
+    calls: list[list[str]] = []
+
+    def fn(items: list[str]) -> list[str]:
+        entered.set()
+        gate.wait(5)
+        calls.append(items)
+        return items
+
+    batcher = DynamicBatcher(fn)
+    first = threading.Thread(target=batcher.submit, args=("first",))
+    first.start()
+    assert entered.wait(5)
+    with pytest.raises(TimeoutError):
+        batcher.submit("late", timeout=0.05)
+    gate.set()
+    first.join(5)
+    assert batcher.submit("next", timeout=5) == "next"
+    assert calls == [["first"], ["next"]]
+
+
+def test_batcher_cost_errors_reach_the_caller_only():
+    batcher = DynamicBatcher(lambda items: items, cost=lambda x: 10 // x, max_batch_cost=10)
+    with pytest.raises(ZeroDivisionError):
+        batcher.submit(0)
+    assert batcher.submit_many([1, 2], timeout=5) == [1, 2]
+
+
 def test_batcher_rejects_bad_sizes():
     with pytest.raises(ValueError, match="max_batch_size must be at least 1, got 0"):
         DynamicBatcher(lambda items: items, max_batch_size=0)

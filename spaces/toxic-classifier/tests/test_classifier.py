@@ -12,7 +12,7 @@ import pytest
 import torch
 from hypothesis import given
 from hypothesis import strategies as st
-from transformers import BertConfig, BertForSequenceClassification
+from transformers import AutoTokenizer, BertConfig, BertForSequenceClassification
 
 from classifier import ClassifierConfig, ToxicityClassifier, plan_chunks
 from scripts.launcher import ONNX_CACHE_DIR
@@ -141,6 +141,29 @@ def test_preprocess_is_thread_safe(classifier):
     with ThreadPoolExecutor(8) as pool:
         for _ in range(5):
             assert list(pool.map(classifier.preprocess, texts)) == expected
+
+
+def test_preprocess_ignores_the_tokenizers_shared_settings(classifier, demo_dir):
+    """What other callers set on the transformers tokenizer's Rust backend (truncation, padding)
+    does not leak into the Space's token ids: the encoder has its own copy."""
+    tokenizer = AutoTokenizer.from_pretrained(demo_dir)
+    own = ToxicityClassifier(classifier.model, tokenizer, classifier.config, "m")
+    texts = [TOXIC, "كلمة " * 700]
+    expected = [own.preprocess(t) for t in texts]
+    tokenizer.backend_tokenizer.enable_truncation(8)
+    tokenizer.backend_tokenizer.enable_padding(length=600)
+    assert [own.preprocess(t) for t in texts] == expected
+    assert expected[1].truncated and len(expected[1].input_ids) == own.max_length
+
+
+def test_preprocess_honours_the_truncation_side(classifier, demo_dir):
+    tokenizer = AutoTokenizer.from_pretrained(demo_dir, truncation_side="left")
+    left = ToxicityClassifier(classifier.model, tokenizer, classifier.config, "m")
+    prepared = left.preprocess("أول " + "كلمة " * 700 + "آخر")
+    expected = tokenizer(prepared.text, truncation=True, max_length=left.max_length)
+    assert list(prepared.input_ids) == expected["input_ids"]
+    assert prepared.input_ids != classifier.preprocess(prepared.text).input_ids
+    assert prepared.truncated
 
 
 def test_token_budget_chunks_keep_order_and_scores(classifier):
