@@ -7,20 +7,21 @@ Usage:
 from __future__ import annotations
 
 import argparse
-import signal
 import sys
 import time
 from contextlib import ExitStack
 from pathlib import Path
-from types import FrameType
 
-from scripts.launcher import ROOT, RunningSpace, demo_env, space_names, start_space
+from scripts.launcher import (
+    ROOT,
+    RunningSpace,
+    demo_env,
+    space_names,
+    start_space,
+    stop_spaces_on_sigterm,
+)
 
 LOG_DIR = ROOT / "build" / "logs"
-
-
-def _interrupt(signum: int, frame: FrameType | None) -> None:
-    raise KeyboardInterrupt
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -30,7 +31,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--host", default="127.0.0.1", help="interface to bind (0.0.0.0 for all)")
     parser.add_argument("--only", nargs="*", default=None, help="start only these Spaces")
     args = parser.parse_args(argv)
-    signal.signal(signal.SIGTERM, _interrupt)
+    stop_spaces_on_sigterm()
 
     names = args.only or space_names()
     env = demo_env()

@@ -85,6 +85,20 @@ def _stop(process: subprocess.Popen[bytes]) -> None:
         pass
 
 
+def stop_spaces_on_sigterm() -> None:
+    """Make SIGTERM raise ``KeyboardInterrupt`` in the main thread, as Ctrl-C does.
+
+    The Spaces run in their own sessions (``start_new_session``), so a signal to this process
+    does not reach them; only the ``start_space`` blocks unwinding stops them. Without this, a
+    ``kill`` of the demo or a benchmark leaves its Spaces running.
+    """
+
+    def interrupt(signum: int, frame: object) -> None:
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, interrupt)
+
+
 @contextmanager
 def start_space(
     name: str,

@@ -39,6 +39,7 @@ from pathlib import Path
 
 from benchmarks.toxic_classifier.bench import HIGH_CONCURRENCY, server
 from benchmarks.toxic_classifier.workload import build_model, make_texts
+from scripts.launcher import stop_spaces_on_sigterm
 
 logger = logging.getLogger("ab")
 
@@ -102,6 +103,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.rounds < 1 or args.requests < 1:
         parser.error("--rounds and --requests must be at least 1")
+    stop_spaces_on_sigterm()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     logging.getLogger("httpx").setLevel(logging.WARNING)
     try:

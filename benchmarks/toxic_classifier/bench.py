@@ -53,7 +53,7 @@ from benchmarks.toxic_classifier.workload import (
     make_texts,
     token_counts,
 )
-from scripts.launcher import ONNX_CACHE_DIR, RunningSpace, start_space
+from scripts.launcher import ONNX_CACHE_DIR, RunningSpace, start_space, stop_spaces_on_sigterm
 
 logger = logging.getLogger("bench")
 
@@ -809,6 +809,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--readme", action="store_true", help="write the table into the README")
     args = parser.parse_args(argv)
+    stop_spaces_on_sigterm()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     logging.getLogger("httpx").setLevel(logging.WARNING)
     precisions = [p.strip() for p in args.precisions.split(",") if p.strip()]

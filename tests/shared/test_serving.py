@@ -207,32 +207,43 @@ def _wait_for(condition, what: str, timeout: float = 5.0) -> None:
         time.sleep(0.005)
 
 
-def test_batcher_batches_stay_within_the_cost_budget():
-    """Items are taken in order while their cost fits; one over the budget runs alone."""
-    entered, gate = threading.Event(), threading.Event()
-    calls: list[list[int]] = []
+class _Gated:
+    """A batch function that records its batches and holds each until ``gate`` is set."""
 
-    def fn(items: list[int]) -> list[int]:
-        entered.set()
-        gate.wait(5)
-        calls.append(items)
+    def __init__(self) -> None:
+        self.entered, self.gate = threading.Event(), threading.Event()
+        self.calls: list[list] = []
+
+    def __call__(self, items: list) -> list:
+        self.entered.set()
+        self.gate.wait(5)
+        self.calls.append(items)
         return items
 
+    def hold(self, batcher: DynamicBatcher, item: object) -> threading.Thread:
+        """Submit ``item`` from a thread and wait until the worker is held inside it."""
+        thread = threading.Thread(target=batcher.submit, args=(item,))
+        thread.start()
+        assert self.entered.wait(5), "the worker never took the first item"
+        return thread
+
+
+def test_batcher_batches_stay_within_the_cost_budget():
+    """Items are taken in order while their cost fits; one over the budget runs alone."""
+    fn = _Gated()
     batcher = DynamicBatcher(fn, max_batch_size=16, cost=lambda x: x, max_batch_cost=512)
-    blocker = threading.Thread(target=batcher.submit, args=(1,))
-    blocker.start()
-    assert entered.wait(5), "the worker never took the first item"
+    blocker = fn.hold(batcher, 1)
     results: list[int] = []
     later = threading.Thread(
         target=lambda: results.extend(batcher.submit_many([300, 200, 100, 600, 50], timeout=5))
     )
     later.start()
     _wait_for(lambda: batcher.queued == 5, "five queued items")
-    gate.set()
+    fn.gate.set()
     blocker.join(5)
     later.join(5)
     assert results == [300, 200, 100, 600, 50]
-    assert calls == [[1], [300, 200], [100], [600], [50]]
+    assert fn.calls == [[1], [300, 200], [100], [600], [50]]
 
 
 def test_batcher_idle_workers_share_the_queue():
@@ -252,25 +263,15 @@ def test_batcher_idle_workers_share_the_queue():
 
 
 def test_batcher_drops_items_whose_caller_timed_out():
-    entered, gate = threading.Event(), threading.Event()
-    calls: list[list[str]] = []
-
-    def fn(items: list[str]) -> list[str]:
-        entered.set()
-        gate.wait(5)
-        calls.append(items)
-        return items
-
+    fn = _Gated()
     batcher = DynamicBatcher(fn)
-    first = threading.Thread(target=batcher.submit, args=("first",))
-    first.start()
-    assert entered.wait(5)
+    first = fn.hold(batcher, "first")
     with pytest.raises(TimeoutError):
         batcher.submit("late", timeout=0.05)
-    gate.set()
+    fn.gate.set()
     first.join(5)
     assert batcher.submit("next", timeout=5) == "next"
-    assert calls == [["first"], ["next"]]
+    assert fn.calls == [["first"], ["next"]]
 
 
 def test_batcher_cost_errors_reach_the_caller_only():
