@@ -358,7 +358,7 @@ def _tree_sum(processes: list[psutil.Process], read) -> float:  # noqa: ANN001
 def _cpu_seconds(process: psutil.Process, children: bool = True) -> float:
     """User + system CPU seconds of ``process`` (and, with ``children``, its children) so far."""
     processes = _tree(process) if children else [process]
-    return _tree_sum(processes, lambda p: p.cpu_times().user + p.cpu_times().system)
+    return _tree_sum(processes, lambda p: sum(p.cpu_times()[:2]))  # user + system
 
 
 class PeakRSS:
@@ -416,12 +416,12 @@ def server(
     env = {"MODEL_ID": str(model_dir), "PRECISION": dtype, "RUNTIME": runtime}
     env["TRANSFORMERS_VERBOSITY"] = "error"
     env |= extra_env or {}
-    if kind == "space" and checkout is not None:
-        env["PYTHONPATH"] = str(checkout)  # its shared/, ahead of this tree's
-        folder = checkout / "spaces" / "toxic-classifier"
+    if kind == "space":
+        folder = None
+        if checkout is not None:
+            env["PYTHONPATH"] = str(checkout)  # its shared/, ahead of this tree's
+            folder = checkout / "spaces" / "toxic-classifier"
         manager = start_space("toxic-classifier", env, space_dir=folder, timeout=300)
-    elif kind == "space":
-        manager = start_space("toxic-classifier", env, timeout=300)
     else:
         script = HERE / ("naive_app.py" if kind == "naive" else "noop_app.py")
         manager = start_space(f"bench-{kind}", env, space_dir=_shim(kind, script), timeout=300)
@@ -692,11 +692,11 @@ def report(res: Results, precisions: Sequence[str], command: str, loads: list[st
             "|---|---|---:|---:|---:|---:|",
         ]
         for precision, length, bound in bounds:
-            ceiling = lower_ceiling(res, precision, length) or 0.0
+            ceiling = lower_ceiling(res, precision, length)
+            share = f"{100 * bound.rps / ceiling:.0f}%" if ceiling else "-"
             lines.append(
                 f"| {precision} | {length} | {bound.model_ms:.1f} | "
-                f"{bound.server_ms:.1f} + {bound.client_ms:.1f} | {bound.rps:.1f} | "
-                f"{100 * bound.rps / ceiling:.0f}% |"
+                f"{bound.server_ms:.1f} + {bound.client_ms:.1f} | {bound.rps:.1f} | {share} |"
             )
     if res.matmul[0] and "long" in res.tokens:
         fp32, int8 = res.matmul
