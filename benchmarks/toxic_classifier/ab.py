@@ -10,8 +10,11 @@ Usage (from the monorepo root):
     python -m benchmarks.toxic_classifier.ab [--rounds 5] [--requests 96] [--length short]
         [--noop] --config NAME [VAR=VALUE ...] --config NAME [VAR=VALUE ...]
 
-``CHECKOUT=DIR`` in a configuration is not an environment variable: that configuration serves
-the Space from another checkout of this repository (its ``shared`` too), to compare code.
+Two keys in a configuration are not environment variables: ``CHECKOUT=DIR`` serves that
+configuration's Space from another checkout of this repository (its ``shared`` too), to compare
+code; ``CLIENT=shared`` drives it with one gradio_client ``Client`` shared by the 16 threads
+(a backend's one client per process) instead of one ``Client`` per thread (the default,
+``CLIENT=per-thread``, what ``bench.py`` does).
 
 Examples:
     # int8 in ONNX Runtime (the default) against torch's eager int8
@@ -23,6 +26,9 @@ Examples:
     git worktree add /tmp/base HEAD~1
     python -m benchmarks.toxic_classifier.ab --length long --requests 48 --rounds 4 \
         --config new --config base CHECKOUT=/tmp/base
+    # one Client per thread against one Client shared by all threads, same server settings
+    python -m benchmarks.toxic_classifier.ab --requests 160 --config per-thread \
+        --config shared CLIENT=shared
 """
 
 from __future__ import annotations
@@ -35,9 +41,13 @@ import statistics
 import threading
 import time
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
+from typing import NamedTuple
 
-from benchmarks.toxic_classifier.bench import HIGH_CONCURRENCY, server
+import psutil
+
+from benchmarks.toxic_classifier.bench import HIGH_CONCURRENCY, _cpu_seconds, server
 from benchmarks.toxic_classifier.workload import build_model, make_texts
 from scripts.launcher import stop_spaces_on_sigterm
 
@@ -71,8 +81,43 @@ def burst(clients: Sequence, text: str, requests: int) -> float:
     return requests / (time.perf_counter() - start)
 
 
-def _config(values: list[str]) -> tuple[str, dict[str, str], Path | None]:
-    """``NAME [VAR=VALUE ...]`` -> the name, the environment and the ``CHECKOUT`` folder."""
+class Burst(NamedTuple):
+    """One burst's requests/s and CPU ms per request of the server tree and of this process."""
+
+    rps: float
+    server_ms: float
+    client_ms: float
+
+
+def measured_burst(clients: Sequence, text: str, requests: int, pid: int) -> Burst:
+    """``burst`` with the CPU time the server (process ``pid`` and its children) and this
+    process (the load generator, without the servers it started) spent on it."""
+    served, generator = psutil.Process(pid), psutil.Process()
+    before = (_cpu_seconds(served), _cpu_seconds(generator, children=False))
+    rps = burst(clients, text, requests)
+    server_ms = (_cpu_seconds(served) - before[0]) * 1000 / requests
+    client_ms = (_cpu_seconds(generator, children=False) - before[1]) * 1000 / requests
+    return Burst(rps, server_ms, client_ms)
+
+
+CLIENT_MODES = ("per-thread", "shared")
+
+
+@dataclass(frozen=True)
+class Config:
+    """One served configuration, as given by ``--config NAME [VAR=VALUE ...]``."""
+
+    name: str
+    # Environment overrides for the Space.
+    env: dict[str, str]
+    # Serve the Space from this checkout instead of this tree (``CHECKOUT=DIR``).
+    checkout: Path | None = None
+    # Drive it with one Client shared by all threads (``CLIENT=shared``).
+    shared_client: bool = False
+
+
+def _config(values: list[str]) -> Config:
+    """``NAME [VAR=VALUE ...]`` -> the configuration, with ``CHECKOUT`` and ``CLIENT`` taken out."""
     name, *pairs = values
     env = {}
     for pair in pairs:
@@ -83,7 +128,11 @@ def _config(values: list[str]) -> tuple[str, dict[str, str], Path | None]:
     checkout = Path(env.pop("CHECKOUT")).resolve() if "CHECKOUT" in env else None
     if checkout is not None and not (checkout / "spaces" / "toxic-classifier").is_dir():
         raise argparse.ArgumentTypeError(f"CHECKOUT={checkout}: no spaces/toxic-classifier there")
-    return name, env, checkout
+    client = env.pop("CLIENT", "per-thread")
+    if client not in CLIENT_MODES:
+        choices = ", ".join(CLIENT_MODES)
+        raise argparse.ArgumentTypeError(f"CLIENT={client}: choose one of {choices}")
+    return Config(name, env, checkout, shared_client=client == "shared")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -110,7 +159,7 @@ def main(argv: list[str] | None = None) -> int:
         configs = [_config(values) for values in args.config]
     except argparse.ArgumentTypeError as e:
         parser.error(str(e))
-    if len({name for name, _, _ in configs}) != len(configs):
+    if len({config.name for config in configs}) != len(configs):
         parser.error("configuration names must differ")
 
     from gradio_client import Client
@@ -118,38 +167,49 @@ def main(argv: list[str] | None = None) -> int:
     model_dir = build_model()
     short, long = make_texts()
     text = (short if args.length == "short" else long).texts[0]
-    servers = [(name, "space", env, checkout) for name, env, checkout in configs]
+    servers = [("space", config) for config in configs]
     if args.noop:
-        servers.append(("no-op model", "noop", {}, None))
-    rates: dict[str, list[float]] = {name: [] for name, _, _, _ in servers}
+        servers.append(("noop", Config("no-op model", {})))
+    bursts: dict[str, list[Burst]] = {config.name: [] for _, config in servers}
     with contextlib.ExitStack() as stack:
-        clients = {}
-        for name, kind, env, checkout in servers:
-            logger.info("starting %s (%s%s)", name, env or "defaults",
-                        f", from {checkout}" if checkout else "")  # fmt: skip
+        clients, pids = {}, {}
+        for kind, config in servers:
+            env = dict(config.env)
+            logger.info("starting %s (%s%s%s)", config.name, env or "defaults",
+                        f", from {config.checkout}" if config.checkout else "",
+                        ", one shared client" if config.shared_client else "")  # fmt: skip
             running = stack.enter_context(
-                server(kind, model_dir, env.pop("PRECISION", "int8"), env, checkout)
+                server(kind, model_dir, env.pop("PRECISION", "int8"), env, config.checkout)
             )
-            clients[name] = [
-                Client(running.url, verbose=False, ssl_verify=False)
-                for _ in range(HIGH_CONCURRENCY)
-            ]
+            pids[config.name] = running.process.pid
+
+            def connect(url: str = running.url) -> Client:
+                return Client(url, verbose=False, ssl_verify=False)
+
+            if config.shared_client:
+                clients[config.name] = [connect()] * HIGH_CONCURRENCY
+            else:
+                clients[config.name] = [connect() for _ in range(HIGH_CONCURRENCY)]
         for group in clients.values():  # warm-up: every client's session set up
             burst(group, text, 3 * HIGH_CONCURRENCY)
         for round_ in range(args.rounds):
             for name, group in clients.items():
-                rates[name].append(burst(group, text, args.requests))
+                bursts[name].append(measured_burst(group, text, args.requests, pids[name]))
             logger.info("round %d: %s", round_ + 1,
-                        "  ".join(f"{n} {r[-1]:.1f}" for n, r in rates.items()))  # fmt: skip
-    first = statistics.median(rates[servers[0][0]])
+                        "  ".join(f"{n} {b[-1].rps:.1f}" for n, b in bursts.items()))  # fmt: skip
+    baseline = servers[0][1].name
+    first = statistics.median(b.rps for b in bursts[baseline])
     print(f"\n{args.length} texts, concurrency {HIGH_CONCURRENCY}, {args.rounds} interleaved "
-          f"bursts of {args.requests} requests each\n")  # fmt: skip
-    print(f"| configuration | median req/s | range | vs {servers[0][0]} |")
-    print("|---|---:|---:|---:|")
-    for name, values in rates.items():
-        median = statistics.median(values)
-        print(f"| {name} | {median:.1f} | {min(values):.1f}-{max(values):.1f} | "
-              f"{median / first:.2f}x |")  # fmt: skip
+          f"bursts of {args.requests} requests each; CPU in ms per request, medians\n")  # fmt: skip
+    print(f"| configuration | median req/s | range | vs {baseline} | server CPU | client CPU |")
+    print("|---|---:|---:|---:|---:|---:|")
+    for name, values in bursts.items():
+        rates = [b.rps for b in values]
+        median = statistics.median(rates)
+        server_ms = statistics.median(b.server_ms for b in values)
+        client_ms = statistics.median(b.client_ms for b in values)
+        print(f"| {name} | {median:.1f} | {min(rates):.1f}-{max(rates):.1f} | "
+              f"{median / first:.2f}x | {server_ms:.1f} | {client_ms:.1f} |")  # fmt: skip
     return 0
 
 

@@ -195,6 +195,11 @@ def render(verdict: dict[str, Any] | None) -> tuple[dict[str, float], str]:
     return verdict["scores"], summary
 
 
+def clear() -> tuple[None, str, None]:
+    """Empty verdict outputs (bars, summary, response) while a new text is classified."""
+    return None, "", None
+
+
 def model_note() -> str:
     """The banner above the UI: which model runs, and whether it is demo weights."""
     if not service.wait_ready(timeout=0) or service.info is None:
@@ -215,7 +220,9 @@ with gr.Blocks(title="Arabic toxicity classifier") as demo:
     banner = gr.Markdown()
     with gr.Row():
         with gr.Column():
-            text = gr.Textbox(label="Text", rtl=True, lines=4, placeholder="اكتب النص هنا")
+            text = gr.Textbox(
+                label="Text", rtl=True, lines=4, max_lines=12, placeholder="اكتب النص هنا"
+            )
             button = gr.Button("Classify", variant="primary")
         with gr.Column():
             bars = gr.Label(label="Verdict", num_top_classes=2)
@@ -227,15 +234,20 @@ with gr.Blocks(title="Arabic toxicity classifier") as demo:
         batch_button = gr.Button("Classify batch")
         batch_out = gr.JSON(label="Verdicts")
 
-    event = gr.on(
+    # The previous verdict is cleared first: after a refused text (empty, too long) the bars
+    # would otherwise still show the verdict of the text before it.
+    cleared = gr.on(
         [button.click, text.submit],
-        predict,
-        inputs=text,
-        outputs=details,
-        api_name="predict",
-        concurrency_limit=64,
+        clear,
+        outputs=[bars, summary, details],
+        api_visibility="private",
+        queue=False,
+        show_progress="hidden",
     )
-    event.then(render, details, [bars, summary], api_visibility="private", queue=False)
+    event = cleared.then(
+        predict, inputs=text, outputs=details, api_name="predict", concurrency_limit=64
+    )
+    event.success(render, details, [bars, summary], api_visibility="private", queue=False)
     batch_button.click(
         predict_batch,
         inputs=batch_in,

@@ -208,6 +208,21 @@ def test_ui_page_is_served(space):
     assert "Arabic toxicity classifier" in json.dumps(config, ensure_ascii=False)
 
 
+def test_ui_clears_the_verdict_before_classifying(space):
+    """A refused text (empty, too long) must not leave the previous text's verdict on screen:
+    the UI clears the bars first, runs ``predict``, and draws the bars only if it succeeded."""
+    config = space.http.get("/config").json()
+    types = {c["id"]: c["type"] for c in config["components"]}
+    events = {d["id"]: d for d in config["dependencies"]}
+    predict = next(d for d in events.values() if d.get("api_name") == "predict")
+    cleared = events[predict["trigger_after"]]
+    assert {trigger for _, trigger in cleared["targets"]} == {"click", "submit"}
+    assert {types[i] for i in cleared["outputs"]} == {"label", "markdown", "json"}
+    drawn = [d for d in events.values() if d.get("trigger_after") == predict["id"]]
+    assert len(drawn) == 1 and drawn[0]["trigger_only_on_success"] is True
+    assert {types[i] for i in drawn[0]["outputs"]} == {"label", "markdown"}
+
+
 def test_threshold_from_environment(launch_space):
     strict = launch_space(SPACE, HARMFUL_THRESHOLD="0.0")
     verdict = strict.client.predict("شكرا", api_name="/predict")
