@@ -28,6 +28,7 @@ from pathlib import Path
 import numpy as np
 
 from classifier import CONFIG_PATH, ClassifierConfig, ToxicityClassifier
+from shared.errors import ModelLoadError
 
 logger = logging.getLogger("evaluate")
 
@@ -81,7 +82,12 @@ class Report:
 
 
 def load_examples(path: Path) -> list[Example]:
-    """Read a labelled JSONL file; errors name the line."""
+    """Read a labelled JSONL file.
+
+    Raises:
+        ValueError: a line that is not ``{"text": ..., "label": ...}`` JSON with a known label
+            (the message names the file and line), or a file with no examples.
+    """
     examples = []
     for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
         if not line.strip():
@@ -90,12 +96,12 @@ def load_examples(path: Path) -> list[Example]:
             row = json.loads(line)
             text, label = row["text"], row["label"]
         except (json.JSONDecodeError, KeyError, TypeError) as e:
-            raise SystemExit(f"{path}:{number}: expected {{'text', 'label'}} JSON ({e})") from e
+            raise ValueError(f"{path}:{number}: expected {{'text', 'label'}} JSON ({e})") from e
         if label not in LABELS:
-            raise SystemExit(f"{path}:{number}: label must be one of {LABELS}, got {label!r}")
+            raise ValueError(f"{path}:{number}: label must be one of {LABELS}, got {label!r}")
         examples.append(Example(text=text, label=label))
     if not examples:
-        raise SystemExit(f"{path} has no examples")
+        raise ValueError(f"{path} has no examples")
     return examples
 
 
@@ -260,7 +266,7 @@ def reliability_plot(y_true: np.ndarray, p_harmful: np.ndarray, path: Path, titl
 
 def main(argv: list[str] | None = None) -> int:
     """Command-line entry point."""
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="evaluate.py", description=__doc__.split("\n\n")[0])
     parser.add_argument("data", type=Path, help="labelled JSONL file")
     parser.add_argument("--config", type=Path, default=CONFIG_PATH, help="Space config file")
     parser.add_argument("--model-id", help="model to evaluate (default: the config's)")
@@ -288,18 +294,23 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING)
 
-    config = ClassifierConfig.load(
-        args.config,
-        model_id=args.model_id,
-        revision=args.revision,
-        threshold=args.threshold,
-        precision=args.precision,
-        runtime=args.runtime,
-    )
-    examples = load_examples(args.data)
+    # The command's one error boundary: a missing file, a bad line or a model that will not
+    # load is one line naming it, not a stack trace.
+    try:
+        config = ClassifierConfig.load(
+            args.config,
+            model_id=args.model_id,
+            revision=args.revision,
+            threshold=args.threshold,
+            precision=args.precision,
+            runtime=args.runtime,
+        )
+        examples = load_examples(args.data)
+        classifier = ToxicityClassifier.load(config, cache_dir=args.onnx_cache)
+    except (OSError, ValueError, ModelLoadError) as e:
+        parser.exit(2, f"{parser.prog}: error: {e}\n")
     texts = [e.text for e in examples]
     y_true = np.asarray([e.label == "harmful" for e in examples], dtype=int)
-    classifier = ToxicityClassifier.load(config, cache_dir=args.onnx_cache)
     p_harmful = harmful_probabilities(classifier, texts)
     name = f"{classifier.model_ref} ({config.precision})"
     if classifier.demo:
@@ -310,9 +321,12 @@ def main(argv: list[str] | None = None) -> int:
     result: dict[str, object] = {"report": asdict(report)}
 
     if args.compare_precision:
-        other = ToxicityClassifier.load(
-            replace(config, precision=args.compare_precision), cache_dir=args.onnx_cache
-        )
+        try:
+            other = ToxicityClassifier.load(
+                replace(config, precision=args.compare_precision), cache_dir=args.onnx_cache
+            )
+        except ModelLoadError as e:
+            parser.exit(2, f"{parser.prog}: error: {e}\n")
         p_other = harmful_probabilities(other, texts)
         diff = np.abs(p_other - p_harmful)
         agree = float(((p_other >= config.threshold) == (p_harmful >= config.threshold)).mean())

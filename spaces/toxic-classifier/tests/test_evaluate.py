@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import shutil
 from pathlib import Path
 
@@ -114,6 +115,29 @@ def test_cli_on_the_demo_model(demo_models, tmp_path, capsys):
     with Image.open(plot) as image:
         assert image.format == "PNG"
         assert image.size[0] > 300
+
+
+@pytest.mark.parametrize(
+    ("data", "model", "message"),
+    [
+        ('{"text": "x"}\n', None, r"bad\.jsonl:1: expected \{'text', 'label'\} JSON"),
+        ('{"text": "x", "label": "toxic"}\n', None, r"bad\.jsonl:1: label must be one of"),
+        ("\n", None, r"bad\.jsonl has no examples"),
+        (None, None, r"No such file or directory: '.*missing\.jsonl'"),
+        ('{"text": "x", "label": "safe"}\n', "no-such-model", r"model directory .*no-such-model"),
+    ],
+)
+def test_cli_errors_are_one_line_and_exit_2(demo_models, tmp_path, capsys, data, model, message):
+    path = tmp_path / ("bad.jsonl" if data is not None else "missing.jsonl")
+    if data is not None:
+        path.write_text(data, encoding="utf-8")
+    model = str(tmp_path / model) if model else demo_models["toxic-classifier"]["MODEL_ID"]
+    with pytest.raises(SystemExit) as exit_:
+        main([str(path), "--model-id", model, "--onnx-cache", str(ONNX_CACHE_DIR)])
+    assert exit_.value.code == 2
+    err = capsys.readouterr().err
+    assert re.search(r"^evaluate\.py: error: .*" + message, err), err
+    assert "Traceback" not in err and len(err.strip().splitlines()) == 1
 
 
 def test_eval_set_is_balanced_and_has_the_reported_sentence():
