@@ -180,8 +180,10 @@ def resolve_model(
                 )
             )
         except Exception as e:  # the hub client raises many types; all mean "not available"
+            reason = " ".join(str(e).split())  # its messages run over several lines
             raise ModelLoadError(
-                f"could not fetch {source} from the Hugging Face Hub ({type(e).__name__}: {e}); "
+                f"could not fetch {source} from the Hugging Face Hub ({type(e).__name__}: "
+                f"{reason}); "
                 "check the repo id and revision, HF_TOKEN for private repos, or point the Space "
                 "at a local directory"
             ) from e

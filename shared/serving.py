@@ -48,7 +48,15 @@ def configure_gradio() -> None:
 
 
 class ModelNotReady(RuntimeError):
-    """The model is still loading (or failed to load); served as HTTP 503."""
+    """The model is still loading (or failed to load); served as HTTP 503.
+
+    ``failed``: the load failed, so retrying will not help until the Space is fixed and
+    restarted (no ``Retry-After`` is sent then).
+    """
+
+    def __init__(self, message: str, *, failed: bool = False) -> None:
+        super().__init__(message)
+        self.failed = failed
 
 
 @dataclass(frozen=True)
@@ -203,7 +211,7 @@ class Service(Generic[T]):
         """The loaded model; raises :class:`ModelNotReady` while loading or after a failure."""
         if self._model is None:
             if self._error:
-                raise ModelNotReady(f"the model failed to load: {self._error}")
+                raise ModelNotReady(f"the model failed to load: {self._error}", failed=True)
             raise ModelNotReady("the model is still loading; retry in a few seconds")
         return self._model
 
@@ -462,7 +470,7 @@ def install_routes(app: Any, service: Service[Any]) -> None:
         return JSONResponse(
             {"error": str(exc), "error_type": "unavailable"},
             status_code=503,
-            headers={"Retry-After": "5"},
+            headers={} if exc.failed else {"Retry-After": "5"},
         )
 
 

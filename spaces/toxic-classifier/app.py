@@ -24,7 +24,7 @@ from fastapi import FastAPI
 from pydantic import BaseModel, ConfigDict, model_validator
 
 from classifier import CONFIG_PATH, ClassifierConfig, Prepared, ToxicityClassifier, Verdict
-from shared.errors import InputError
+from shared.errors import InputError, ModelLoadError
 from shared.serving import (
     DynamicBatcher,
     ModelInfo,
@@ -59,17 +59,24 @@ def _env_number(name: str, kind: type[float] | type[int]) -> float | int | None:
 
 
 def load_config() -> ClassifierConfig:
-    """The Space config file with the environment's overrides applied."""
-    return ClassifierConfig.load(
-        CONFIG_PATH,
-        model_id=os.environ.get("MODEL_ID") or None,
-        revision=os.environ.get("MODEL_REVISION") or None,
-        threshold=_env_number("HARMFUL_THRESHOLD", float),
-        precision=os.environ.get("PRECISION") or None,
-        runtime=os.environ.get("RUNTIME") or None,
-        workers=_env_number("BATCH_WORKERS", int),
-        device=os.environ.get("DEVICE") or None,
-    )
+    """The Space config file with the environment's overrides applied.
+
+    A bad value stops the Space at start with one line naming it (``HARMFUL_THRESHOLD=1.5``:
+    ``threshold must be in [0, 1], got 1.5``), not a stack trace.
+    """
+    try:
+        return ClassifierConfig.load(
+            CONFIG_PATH,
+            model_id=os.environ.get("MODEL_ID") or None,
+            revision=os.environ.get("MODEL_REVISION") or None,
+            threshold=_env_number("HARMFUL_THRESHOLD", float),
+            precision=os.environ.get("PRECISION") or None,
+            runtime=os.environ.get("RUNTIME") or None,
+            workers=_env_number("BATCH_WORKERS", int),
+            device=os.environ.get("DEVICE") or None,
+        )
+    except ModelLoadError as e:
+        raise SystemExit(f"toxic-classifier: bad configuration: {e}") from e
 
 
 CONFIG = load_config()
@@ -244,8 +251,15 @@ with gr.Blocks(title="Arabic toxicity classifier") as demo:
         queue=False,
         show_progress="hidden",
     )
+    # preprocess=False: predict gets the payload as sent. Textbox's preprocessing is str(),
+    # which would turn an API call's 5 or ["a"] into a text to classify instead of an error.
     event = cleared.then(
-        predict, inputs=text, outputs=details, api_name="predict", concurrency_limit=64
+        predict,
+        inputs=text,
+        outputs=details,
+        api_name="predict",
+        concurrency_limit=64,
+        preprocess=False,
     )
     event.success(render, details, [bars, summary], api_visibility="private", queue=False)
     batch_button.click(

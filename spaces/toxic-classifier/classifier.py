@@ -142,6 +142,34 @@ class Prepared:
         return len(self.input_ids)
 
 
+def _config_label_map(
+    label_map: Mapping[str, str],
+    model_labels: Sequence[str],
+    label_map_file: Path | None,
+    model_ref: str,
+) -> dict[str, str] | None:
+    """The config's ``label_map``, where it applies to this model.
+
+    It is written for the production checkpoint, so it gives way to a ``label_map.json``
+    beside the model, and a map that names none of the model's labels (another checkpoint's
+    ``LABEL_0``/``LABEL_1`` on a model with named labels) is set aside for the alias and name
+    rules. A map that names some of the model's labels but not others still fails in
+    :meth:`LabelMapper.build`: that is a typo, not another checkpoint.
+    """
+    if not label_map:
+        return None
+    if label_map_file is not None and label_map_file.is_file():
+        logger.info("%s: label_map.json beside the model wins over config label_map", model_ref)
+        return None
+    if not set(label_map) & set(model_labels):
+        logger.info(
+            "%s: config label_map names %s, none of the model's labels %s; not used",
+            model_ref, sorted(label_map), list(model_labels),
+        )  # fmt: skip
+        return None
+    return dict(label_map)
+
+
 def plan_chunks(lengths: Sequence[int], budget: int) -> list[tuple[int, int]]:
     """Cut length-sorted texts into forward passes of at most ``budget`` padded tokens.
 
@@ -209,7 +237,7 @@ class ToxicityClassifier:
         self.mapper = LabelMapper.build(
             labels,
             CANONICAL,
-            explicit=dict(config.label_map) or None,
+            explicit=_config_label_map(config.label_map, labels, label_map_file, model_ref),
             aliases=TOXICITY_ALIASES,
             label_map_file=label_map_file,
             complement="safe",
@@ -310,6 +338,9 @@ class ToxicityClassifier:
             InputError: naming the limit the input broke.
         """
         normalized = normalize_arabic(check_text(text, self.limits), self.config.normalization)
+        if not normalized.strip():
+            # e.g. only tashkeel or tatweel, which the normalisation removes
+            raise InputError("text is empty after normalisation (only diacritics or tatweel)")
         ids, truncated = self._encode(normalized)
         return Prepared(text=normalized, input_ids=ids, truncated=truncated)
 

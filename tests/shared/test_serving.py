@@ -81,6 +81,11 @@ def test_failed_load_is_reported_not_hidden():
     assert "Git LFS pointer" in body["error"]
     with pytest.raises(ModelNotReady, match=r"failed to load: model\.safetensors"):
         _ = service.model
+    # Over HTTP: 503 naming the failure, and no Retry-After, since retrying will not help.
+    response = make_app(service).post("/echo", json={"text": "hi"})
+    assert response.status_code == 503
+    assert "failed to load: model.safetensors is a Git LFS pointer" in response.json()["error"]
+    assert "retry-after" not in response.headers
 
 
 def test_input_errors_are_422_with_message():

@@ -5,7 +5,10 @@ from __future__ import annotations
 import concurrent.futures
 import json
 import os
+import subprocess
+import sys
 import threading
+from pathlib import Path
 
 import pytest
 from gradio_client import Client
@@ -80,7 +83,15 @@ def test_long_text_is_truncated_and_flagged(space):
 
 @pytest.mark.parametrize(
     ("text", "message"),
-    [("", "empty"), ("   \n\t ", "empty"), ("ا" * 20_001, "20,000")],
+    [
+        ("", "empty"),
+        ("   \n\t ", "empty"),
+        ("ـــــ", "empty after normalisation"),  # tatweel only
+        ("\u064e\u064f\u0650\u0651", "empty after normalisation"),  # tashkeel only
+        ("ا" * 20_001, "20,000"),
+        (5, "text must be a string, got int"),
+        (["a"], "text must be a string, got list"),
+    ],
 )
 def test_bad_text_is_a_clear_error_and_server_keeps_serving(space, text, message):
     with pytest.raises(AppError, match=message):
@@ -221,6 +232,27 @@ def test_ui_clears_the_verdict_before_classifying(space):
     drawn = [d for d in events.values() if d.get("trigger_after") == predict["id"]]
     assert len(drawn) == 1 and drawn[0]["trigger_only_on_success"] is True
     assert {types[i] for i in drawn[0]["outputs"]} == {"label", "markdown"}
+
+
+@pytest.mark.parametrize(
+    ("env", "message"),
+    [
+        ({"HARMFUL_THRESHOLD": "1.5"}, "threshold must be in [0, 1], got 1.5"),
+        ({"PRECISION": "fp16"}, "precision must be fp32, bf16 or int8, got 'fp16'"),
+    ],
+)
+def test_bad_configuration_stops_the_space_with_one_line(env, message):
+    app = Path(__file__).resolve().parent.parent / "app.py"
+    done = subprocess.run(
+        [sys.executable, str(app)],
+        env={**os.environ, "PORT": "7899", **env},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 1
+    assert done.stderr.strip().splitlines()[-1].endswith(message)
+    assert "Traceback" not in done.stderr
 
 
 def test_threshold_from_environment(launch_space):

@@ -18,6 +18,7 @@ from classifier import ClassifierConfig, ToxicityClassifier, plan_chunks
 from scripts.launcher import ONNX_CACHE_DIR
 from shared.errors import InputError, ModelLoadError
 from shared.labels import LabelMappingError
+from shared.text import normalize_arabic
 from tests.harness import start_space
 
 TOXIC = "أكره هذا الشخص وأتمنى أن يختفي"
@@ -125,6 +126,11 @@ def test_preprocess_tokenizes_like_the_tokenizer(classifier, text):
     python_only = ToxicityClassifier(
         classifier.model, _PythonOnlyTokenizer(classifier.tokenizer), classifier.config, "m"
     )
+    if not normalize_arabic(text, classifier.config.normalization).strip():
+        # only diacritics or tatweel: nothing is left to classify
+        with pytest.raises(InputError, match="empty after normalisation"):
+            classifier.preprocess(text)
+        return
     prepared = classifier.preprocess(text)
     limit = classifier.max_length
     expected = classifier.tokenizer(prepared.text, truncation=True, max_length=limit)
@@ -196,6 +202,34 @@ def test_unmapped_labels_fail_at_startup_listing_them(demo_dir, tmp_path):
     assert "['LABEL_0', 'LABEL_1']" in str(err.value)
 
 
+@pytest.mark.parametrize("names", [("NOT_OFF", "OFF"), ("non-toxic", "toxic")])
+def test_named_labels_map_with_the_shipped_config(demo_dir, tmp_path, names):
+    # config.yaml's label_map names LABEL_0/LABEL_1 (the production checkpoint); a model with
+    # named labels maps through the well-known names instead of failing on that map.
+    assert set(ClassifierConfig.load().label_map) == {"LABEL_0", "LABEL_1"}
+    model_dir = variant(demo_dir, tmp_path, {0: names[0], 1: names[1]})
+    clf = ToxicityClassifier.load(config_for(model_dir))
+    verdict = clf.classify_one(TOXIC)
+    raw = {r["label"]: r["score"] for r in verdict.raw}
+    assert verdict.scores["harmful"] == pytest.approx(raw[names[1]])
+
+
+def test_label_map_file_wins_over_the_shipped_config(demo_dir, tmp_path):
+    model_dir = variant(demo_dir, tmp_path, {0: "foo", 1: "bar"})
+    (model_dir / "label_map.json").write_text('{"foo": "harmful", "bar": "safe"}')
+    clf = ToxicityClassifier.load(config_for(model_dir))
+    assert {raw: clf.mapper.canonical_of(raw) for raw in clf.raw_labels} == {
+        "foo": "harmful",
+        "bar": "safe",
+    }
+
+
+def test_config_map_naming_some_model_labels_but_not_others_fails(demo_dir, tmp_path):
+    model_dir = variant(demo_dir, tmp_path, {0: "LABEL_0", 1: "toxic"})
+    with pytest.raises(LabelMappingError, match=r"\['LABEL_1'\], which the model does not have"):
+        ToxicityClassifier.load(config_for(model_dir))
+
+
 def test_named_labels_map_without_configuration(demo_dir, tmp_path):
     model_dir = variant(demo_dir, tmp_path, {0: "NOT_OFF", 1: "OFF"})
     clf = ToxicityClassifier.load(config_for(model_dir, label_map={}))
@@ -211,7 +245,7 @@ def test_multi_label_heads_any_over_threshold(demo_dir, tmp_path):
         {0: "toxic", 1: "insult", 2: "threat"},
         problem_type="multi_label_classification",
     )
-    clf = ToxicityClassifier.load(config_for(model_dir, label_map={}))
+    clf = ToxicityClassifier.load(config_for(model_dir))  # the shipped config's label_map too
     assert clf.multi_label
     verdict = clf.classify_one(TOXIC)
     heads = {r["label"]: r["score"] for r in verdict.raw}
