@@ -22,13 +22,14 @@ import logging
 import os
 import re
 import sys
+import textwrap
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import numpy as np
 
 from classifier import CONFIG_PATH, ClassifierConfig, ToxicityClassifier
-from shared.errors import ModelLoadError
+from shared.errors import InputError, ModelLoadError
 
 logger = logging.getLogger("evaluate")
 
@@ -44,6 +45,8 @@ class Example:
     text: str
     # "harmful" or "safe".
     label: str
+    # Its line in the JSONL file, for error messages.
+    line: int = 0
 
 
 @dataclass(frozen=True)
@@ -99,10 +102,24 @@ def load_examples(path: Path) -> list[Example]:
             raise ValueError(f"{path}:{number}: expected {{'text', 'label'}} JSON ({e})") from e
         if label not in LABELS:
             raise ValueError(f"{path}:{number}: label must be one of {LABELS}, got {label!r}")
-        examples.append(Example(text=text, label=label))
+        examples.append(Example(text=text, label=label, line=number))
     if not examples:
         raise ValueError(f"{path} has no examples")
     return examples
+
+
+def check_examples(classifier: ToxicityClassifier, examples: list[Example], path: Path) -> None:
+    """Run every text through the Space's input checks before any is scored.
+
+    Raises:
+        ValueError: a text the Space would refuse (not a string, empty, too long, only
+            diacritics); the message names the file and line and the limit.
+    """
+    for example in examples:
+        try:
+            classifier.preprocess(example.text)
+        except InputError as e:
+            raise ValueError(f"{path}:{example.line}: {e}") from e
 
 
 def harmful_probabilities(classifier: ToxicityClassifier, texts: list[str]) -> np.ndarray:
@@ -215,18 +232,25 @@ def calibrate_threshold(
 
     Returns:
         The threshold, in [0, 1].
+
+    Raises:
+        ValueError: ``y_true`` lacks one of the classes (no threshold can be chosen from it), or
+            no threshold reaches ``target_recall``.
     """
     from sklearn.metrics import precision_recall_curve
 
+    if len(set(np.asarray(y_true).tolist())) < 2:
+        raise ValueError("calibration needs harmful and safe texts; the data has only one class")
     precision, recall, thresholds = precision_recall_curve(y_true, p_harmful)
     # precision/recall have one more entry than thresholds (the point at recall 0).
     precision, recall = precision[:-1], recall[:-1]
     if target_recall is not None:
         reaching = np.flatnonzero(recall >= target_recall)
         if reaching.size == 0:
-            raise SystemExit(f"no threshold reaches recall {target_recall}")
+            raise ValueError(f"no threshold reaches recall {target_recall}")
         return float(thresholds[reaching.max()])
-    f1 = np.where(precision + recall > 0, 2 * precision * recall / (precision + recall), 0.0)
+    total = precision + recall
+    f1 = np.divide(2 * precision * recall, total, out=np.zeros_like(total), where=total > 0)
     return float(thresholds[int(np.argmax(f1))])
 
 
@@ -254,7 +278,8 @@ def reliability_plot(y_true: np.ndarray, p_harmful: np.ndarray, path: Path, titl
     top.plot([0, 1], [0, 1], linestyle="--", color="gray", label="perfectly calibrated")
     top.plot(predicted, observed, marker="o", label="model")
     top.set_ylabel("fraction actually harmful")
-    top.set_title(title, fontsize=9)
+    # A local model's title is a long path: wrapped, so that it is not cut off at the edges.
+    top.set_title("\n".join(textwrap.wrap(title, 60, break_on_hyphens=False)), fontsize=9)
     top.legend(loc="upper left")
     bottom.hist(p_harmful, bins=20, range=(0, 1), color="tab:blue")
     bottom.set_xlabel("predicted p(harmful)")
@@ -288,10 +313,14 @@ def main(argv: list[str] | None = None) -> int:
         help="also run at this precision and report the largest p(harmful) difference",
     )
     parser.add_argument("--calibrate", action="store_true", help="write the best threshold")
-    parser.add_argument("--target-recall", type=float, help="calibrate for this harmful recall")
+    parser.add_argument(
+        "--target-recall", type=float, help="calibrate for this harmful recall, in (0, 1]"
+    )
     parser.add_argument("--plot", type=Path, help="save a reliability diagram (PNG) here")
     parser.add_argument("--report-json", type=Path, help="also write the report as JSON")
     args = parser.parse_args(argv)
+    if args.target_recall is not None and not 0 < args.target_recall <= 1:
+        parser.error(f"--target-recall must be in (0, 1], got {args.target_recall}")
     logging.basicConfig(level=logging.WARNING)
 
     # The command's one error boundary: a missing file, a bad line or a model that will not
@@ -307,6 +336,7 @@ def main(argv: list[str] | None = None) -> int:
         )
         examples = load_examples(args.data)
         classifier = ToxicityClassifier.load(config, cache_dir=args.onnx_cache)
+        check_examples(classifier, examples, args.data)
     except (OSError, ValueError, ModelLoadError) as e:
         parser.exit(2, f"{parser.prog}: error: {e}\n")
     texts = [e.text for e in examples]
@@ -342,15 +372,22 @@ def main(argv: list[str] | None = None) -> int:
         }
 
     if args.calibrate or args.target_recall is not None:
-        threshold = calibrate_threshold(y_true, p_harmful, args.target_recall)
+        try:
+            threshold = calibrate_threshold(y_true, p_harmful, args.target_recall)
+        except ValueError as e:
+            parser.exit(2, f"{parser.prog}: error: {e}; the threshold was not changed\n")
         calibrated = build_report(y_true, p_harmful, threshold, name)
-        goal = f"recall >= {args.target_recall}" if args.target_recall else "best F1 on harmful"
+        recall = args.target_recall
+        goal = f"recall >= {recall}" if recall is not None else "best F1 on harmful"
         print(f"\ncalibrated threshold ({goal}): {threshold:.4f}\n")
         print(format_report(calibrated))
         write_threshold(args.config, threshold)
         print(f"\nwrote threshold {threshold:.4f} to {args.config}")
         result["calibrated"] = asdict(calibrated)
 
+    for output in (args.plot, args.report_json):
+        if output is not None:
+            output.parent.mkdir(parents=True, exist_ok=True)
     if args.plot:
         reliability_plot(y_true, p_harmful, args.plot, f"Reliability: {name}")
         print(f"reliability diagram: {args.plot}")

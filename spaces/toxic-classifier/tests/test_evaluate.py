@@ -86,7 +86,8 @@ def test_write_threshold_keeps_comments(tmp_path):
 def test_cli_on_the_demo_model(demo_models, tmp_path, capsys):
     config = tmp_path / "config.yaml"
     shutil.copy(SPACE / "config.yaml", config)
-    report_path, plot = tmp_path / "report.json", tmp_path / "reliability.png"
+    # Output folders that do not exist yet are made.
+    report_path, plot = tmp_path / "out" / "report.json", tmp_path / "plots" / "reliability.png"
     model = demo_models["toxic-classifier"]["MODEL_ID"]
     data = SPACE / "data" / "eval.jsonl"
     code = main(
@@ -125,6 +126,13 @@ def test_cli_on_the_demo_model(demo_models, tmp_path, capsys):
         ("\n", None, r"bad\.jsonl has no examples"),
         (None, None, r"No such file or directory: '.*missing\.jsonl'"),
         ('{"text": "x", "label": "safe"}\n', "no-such-model", r"model directory .*no-such-model"),
+        (
+            '{"text": "x", "label": "safe"}\n{"text": "", "label": "safe"}\n',
+            None,
+            r"bad\.jsonl:2: text is empty$",
+        ),
+        ('{"text": 5, "label": "harmful"}\n', None, r"bad\.jsonl:1: text must be a string"),
+        ('{"text": "ـــ", "label": "safe"}\n', None, r"bad\.jsonl:1: text is empty after"),
     ],
 )
 def test_cli_errors_are_one_line_and_exit_2(demo_models, tmp_path, capsys, data, model, message):
@@ -138,6 +146,40 @@ def test_cli_errors_are_one_line_and_exit_2(demo_models, tmp_path, capsys, data,
     err = capsys.readouterr().err
     assert re.search(r"^evaluate\.py: error: .*" + message, err), err
     assert "Traceback" not in err and len(err.strip().splitlines()) == 1
+
+
+@pytest.mark.slow
+def test_cli_calibration_refuses_one_class_data_and_keeps_the_threshold(
+    demo_models, tmp_path, capsys
+):
+    config = tmp_path / "config.yaml"
+    shutil.copy(SPACE / "config.yaml", config)
+    data = tmp_path / "safe.jsonl"
+    data.write_text('{"text": "شكرا", "label": "safe"}\n{"text": "مرحبا", "label": "safe"}\n')
+    model = demo_models["toxic-classifier"]["MODEL_ID"]
+    with pytest.raises(SystemExit) as exit_:
+        main([str(data), "--config", str(config), "--model-id", model, "--calibrate",
+              "--onnx-cache", str(ONNX_CACHE_DIR)])  # fmt: skip
+    assert exit_.value.code == 2
+    assert "only one class; the threshold was not changed" in capsys.readouterr().err
+    assert config.read_text() == (SPACE / "config.yaml").read_text()
+
+
+@pytest.mark.parametrize("recall", ["0", "1.5", "-0.1"])
+def test_cli_target_recall_must_be_a_recall(tmp_path, capsys, recall):
+    with pytest.raises(SystemExit) as exit_:
+        main([str(tmp_path / "x.jsonl"), "--target-recall", recall])
+    assert exit_.value.code == 2
+    assert f"--target-recall must be in (0, 1], got {float(recall)}" in capsys.readouterr().err
+
+
+def test_calibrate_best_f1_when_no_threshold_scores(recwarn):
+    # Every harmful text scores below every safe one: F1 is 0 at all but the lowest threshold,
+    # and no 0/0 warning is raised on the way.
+    y = np.array([1, 1, 0, 0])
+    p = np.array([0.1, 0.2, 0.8, 0.9])
+    assert calibrate_threshold(y, p) == pytest.approx(0.1)
+    assert not [w for w in recwarn if issubclass(w.category, RuntimeWarning)]
 
 
 def test_eval_set_is_balanced_and_has_the_reported_sentence():
