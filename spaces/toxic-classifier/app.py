@@ -211,15 +211,30 @@ def model_note() -> str:
     """The banner above the UI: which model runs, and whether it is demo weights."""
     if not service.wait_ready(timeout=0) or service.info is None:
         _, body = service.health()
-        return f"⏳ Model {CONFIG.model_id} is {body.get('status')}: {body.get('error', '')}"
+        if body.get("status") == "error":
+            return f"❌ Model `{CONFIG.model_id}` failed to load: {body.get('error', '')}"
+        return f"⏳ Model `{CONFIG.model_id}` is loading…"
     info = service.info
     note = f"Model **{info.ref}** · threshold **{info.extra['threshold']:.2f}** · {info.dtype}"
     if info.demo:
         note += (
-            "\n\n⚠️ **Demo weights**: this Space runs an offline demo model with random weights;"
-            " its verdicts are meaningless. Set `MODEL_ID` to a trained model."
+            "\n\n⚠️ **Demo weights**: this Space runs an offline demo model, a toy trained for"
+            " seconds on a small synthetic lexicon, not a toxicity model: its verdicts mean"
+            " little. Set `MODEL_ID` to a trained model."
         )
     return note
+
+
+def refresh_note() -> tuple[str, gr.Timer]:
+    """The banner, re-read on a timer until the model has loaded (or failed), then the timer
+    stops: a page opened during the load would otherwise say "loading" until reloaded."""
+    _, body = service.health()
+    return model_note(), gr.Timer(active=body.get("status") == "loading")
+
+
+def batch_lines(texts: str) -> list[str]:
+    """The UI's batch box, one text per line, as the list ``predict_batch`` takes."""
+    return [line for line in texts.splitlines() if line.strip()]
 
 
 with gr.Blocks(title="Arabic toxicity classifier") as demo:
@@ -237,9 +252,19 @@ with gr.Blocks(title="Arabic toxicity classifier") as demo:
             details = gr.JSON(label="Response (what the API returns)")
     gr.Examples(EXAMPLES, inputs=text)
     with gr.Accordion("Batch (predict_batch)", open=False):
-        batch_in = gr.JSON(label="Texts (a JSON list, at most 64)", value=EXAMPLES[:2])
+        batch_text = gr.Textbox(
+            label="Texts, one per line (at most 64)",
+            rtl=True,
+            lines=4,
+            max_lines=16,
+            value="\n".join(EXAMPLES[:2]),
+        )
+        # What the API's predict_batch takes: a list of texts (a JSON component shows values
+        # but cannot be edited, hence the text box above for people).
+        batch_in = gr.JSON(visible=False)
         batch_button = gr.Button("Classify batch")
         batch_out = gr.JSON(label="Verdicts")
+    note_timer = gr.Timer(2.0)
 
     # The previous verdict is cleared first: after a refused text (empty, too long) the bars
     # would otherwise still show the verdict of the text before it.
@@ -263,6 +288,8 @@ with gr.Blocks(title="Arabic toxicity classifier") as demo:
     )
     event.success(render, details, [bars, summary], api_visibility="private", queue=False)
     batch_button.click(
+        batch_lines, batch_text, batch_in, api_visibility="private", queue=False
+    ).then(
         predict_batch,
         inputs=batch_in,
         outputs=batch_out,
@@ -270,6 +297,13 @@ with gr.Blocks(title="Arabic toxicity classifier") as demo:
         concurrency_limit=8,
     )
     demo.load(model_note, outputs=banner, api_visibility="private", queue=False)
+    note_timer.tick(
+        refresh_note,
+        outputs=[banner, note_timer],
+        api_visibility="private",
+        queue=False,
+        show_progress="hidden",
+    )
 
 
 # -- REST ---------------------------------------------------------------------------------------
