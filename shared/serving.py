@@ -103,13 +103,16 @@ class RequestStats:
         self._errors: dict[str, int] = {}
         self._latencies: dict[str, deque[float]] = {}
 
-    def record(self, endpoint: str, seconds: float, *, ok: bool) -> None:
-        """Record one finished request."""
+    def record(self, endpoint: str, seconds: float | None, *, ok: bool) -> None:
+        """Record one finished request; ``seconds=None`` counts it without a latency sample
+        (a request refused before its handler ran, whose time says nothing about the model)."""
         with self._lock:
             self._count[endpoint] = self._count.get(endpoint, 0) + 1
             if not ok:
                 self._errors[endpoint] = self._errors.get(endpoint, 0) + 1
-            self._latencies.setdefault(endpoint, deque(maxlen=self._window)).append(seconds)
+            window = self._latencies.setdefault(endpoint, deque(maxlen=self._window))
+            if seconds is not None:
+                window.append(seconds)
 
     @contextmanager
     def track(self, endpoint: str) -> Iterator[None]:
@@ -460,7 +463,11 @@ def install_routes(app: Any, service: Service[Any]) -> None:
         return JSONResponse({"error": str(exc), "error_type": "validation"}, status_code=422)
 
     @app.exception_handler(RequestValidationError)
-    async def body_error(_: Request, exc: RequestValidationError) -> JSONResponse:
+    async def body_error(request: Request, exc: RequestValidationError) -> JSONResponse:
+        # The handler never ran, so its stats.track did not count this request: count it as
+        # an error of the route (named after its function, as the Space's track names are).
+        route = request.scope.get("route")
+        service.stats.record(getattr(route, "name", request.url.path), None, ok=False)
         return JSONResponse(
             {"error": _describe_validation(exc), "error_type": "validation"}, status_code=422
         )

@@ -21,7 +21,7 @@ from typing import Any
 
 import gradio as gr
 from fastapi import FastAPI
-from pydantic import BaseModel, ConfigDict, model_validator
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from classifier import CONFIG_PATH, ClassifierConfig, Prepared, ToxicityClassifier, Verdict
 from shared.errors import InputError, ModelLoadError
@@ -309,6 +309,15 @@ with gr.Blocks(title="Arabic toxicity classifier") as demo:
 # -- REST ---------------------------------------------------------------------------------------
 
 
+class InferenceParameters(BaseModel):
+    """The Inference API's text-classification ``parameters``."""
+
+    model_config = ConfigDict(extra="allow")
+
+    # How many labels to return per text, best first; all of them when None.
+    top_k: int | None = Field(default=None, ge=1)
+
+
 class LegacyRequest(BaseModel):
     """``{"data": [text]}`` (old Gradio REST) or ``{"inputs": text | [texts]}`` (Inference API)."""
 
@@ -318,8 +327,10 @@ class LegacyRequest(BaseModel):
     data: list[Any] | None = None
     # Inference API shape: a text or a list of texts.
     inputs: str | list[Any] | None = None
-    # Accepted and ignored, as the Inference API does for text classification.
-    parameters: dict[str, Any] | None = None
+    # Inference API parameters: top_k is honoured; the others (function_to_apply) are accepted
+    # and ignored, since the Space's scores are already the model's own probabilities.
+    parameters: InferenceParameters | None = None
+    # Inference API options (wait_for_model, use_cache): accepted and ignored.
     options: dict[str, Any] | None = None
 
     @model_validator(mode="after")
@@ -329,10 +340,11 @@ class LegacyRequest(BaseModel):
         return self
 
 
-def inference_api_shape(verdict: Verdict) -> list[dict[str, float | str]]:
-    """A verdict as Inference API text-classification output: labels by descending score."""
+def inference_api_shape(verdict: Verdict, top_k: int | None = None) -> list[dict[str, float | str]]:
+    """A verdict as Inference API text-classification output: labels by descending score, the
+    first ``top_k`` of them (all when None)."""
     ranked = sorted(verdict.scores.items(), key=lambda kv: kv[1], reverse=True)
-    return [{"label": label, "score": score} for label, score in ranked]
+    return [{"label": label, "score": score} for label, score in ranked[:top_k]]
 
 
 app = FastAPI(title="toxic-classifier", docs_url="/docs")
@@ -350,7 +362,8 @@ def api_predict(request: LegacyRequest) -> Any:
             return {"data": [engine.classify(request.data)[0].to_json()]}
         texts = [request.inputs] if isinstance(request.inputs, str) else request.inputs
         verdicts = engine.classify(engine.classifier.check_batch(texts))
-        return [inference_api_shape(v) for v in verdicts]
+        top_k = request.parameters.top_k if request.parameters else None
+        return [inference_api_shape(v, top_k) for v in verdicts]
 
 
 demo.queue(default_concurrency_limit=16, max_size=512)

@@ -113,6 +113,18 @@ def test_stats_percentiles():
     assert snapshot["total"]["count"] == 100
 
 
+def test_stats_count_a_request_without_latency():
+    stats = RequestStats()
+    stats.record("refused", None, ok=False)
+    assert stats.snapshot()["endpoints"]["refused"] == {
+        "count": 1,
+        "errors": 1,
+        "latency_ms": {"p50": 0.0, "p95": 0.0, "p99": 0.0, "max": 0.0},
+    }
+    stats.record("refused", 0.010, ok=True)
+    assert stats.snapshot()["endpoints"]["refused"]["latency_ms"]["p50"] == 10.0
+
+
 def test_stats_track_counts_exceptions():
     stats = RequestStats()
     with stats.track("a"):

@@ -165,6 +165,16 @@ def test_rest_inference_api_shape(space):
     assert harmful == pytest.approx(verdict["scores"]["harmful"], abs=2e-3)
 
 
+def test_rest_inference_api_parameters(space):
+    full = space.http.post("/api/predict", json={"inputs": TOXIC}).json()[0]
+    body = {"inputs": [TOXIC], "parameters": {"top_k": 1, "function_to_apply": "none"}}
+    (top,) = space.http.post("/api/predict", json=body).json()
+    assert [r["label"] for r in top] == [full[0]["label"]]
+    assert top[0]["score"] == pytest.approx(full[0]["score"], abs=2e-3)
+    both = {"inputs": TOXIC, "parameters": {"top_k": 5}, "options": {"wait_for_model": True}}
+    assert len(space.http.post("/api/predict", json=both).json()[0]) == 2
+
+
 @pytest.mark.parametrize(
     ("body", "message"),
     [
@@ -177,6 +187,7 @@ def test_rest_inference_api_shape(space):
         ({}, "either"),
         ({"data": ["a"], "inputs": "b"}, "either"),
         ({"text": "a"}, "text"),
+        ({"inputs": "a", "parameters": {"top_k": 0}}, "parameters.top_k"),
     ],
 )
 def test_rest_bad_input_is_422(space, body, message):
@@ -204,6 +215,24 @@ def test_stats_count_requests_and_errors(space):
     assert after["endpoints"]["predict"]["count"] == predict_before["count"] + 2
     assert after["endpoints"]["predict"]["errors"] == predict_before["errors"] + 1
     assert after["endpoints"]["predict"]["latency_ms"]["p50"] > 0
+
+
+def test_stats_count_rest_bodies_refused_before_the_handler(space):
+    def api_predict() -> dict:
+        stats = space.http.get("/stats").json()["endpoints"]
+        return stats.get("api_predict", {"count": 0, "errors": 0})
+
+    before = api_predict()
+    assert space.http.post("/api/predict", json={"data": [TOXIC]}).status_code == 200
+    for body in ({"inputs": 5}, {}, {"foo": 1}):
+        assert space.http.post("/api/predict", json=body).status_code == 422
+    malformed = space.http.post(
+        "/api/predict", content="not json", headers={"content-type": "application/json"}
+    )
+    assert malformed.status_code == 422
+    after = api_predict()
+    assert after["count"] == before["count"] + 5
+    assert after["errors"] == before["errors"] + 4
 
 
 def test_api_lists_named_endpoints(space):
