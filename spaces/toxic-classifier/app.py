@@ -163,11 +163,12 @@ service: Service[Engine] = Service("toxic-classifier", load_engine)
 
 
 @service.endpoint("predict")
-def predict(text: str) -> dict[str, Any]:
+def predict(text: object) -> dict[str, Any]:
     """Classify one text.
 
     Args:
-        text: Arabic (or any) text, at most 20,000 characters.
+        text: Arabic (or any) text, at most 20,000 characters; the payload as sent (the event
+            skips Textbox's str()), so anything else is refused by the classifier's checks.
 
     Returns:
         The verdict: label, score, scores, threshold, raw, truncated, model.
@@ -209,12 +210,17 @@ def clear() -> tuple[None, str, None]:
 
 def model_note() -> str:
     """The banner above the UI: which model runs, and whether it is demo weights."""
-    if not service.wait_ready(timeout=0) or service.info is None:
-        _, body = service.health()
-        if body.get("status") == "error":
-            return f"❌ Model `{CONFIG.model_id}` failed to load: {body.get('error', '')}"
-        return f"⏳ Model `{CONFIG.model_id}` is loading…"
+    return _note()[0]
+
+
+def _note() -> tuple[str, bool]:
+    """The banner and whether the model is still loading, from one read of the service."""
+    _, body = service.health()
     info = service.info
+    if body.get("status") != "ok" or info is None:
+        if body.get("status") == "error":
+            return f"❌ Model `{CONFIG.model_id}` failed to load: {body.get('error', '')}", False
+        return f"⏳ Model `{CONFIG.model_id}` is loading…", True
     note = f"Model **{info.ref}** · threshold **{info.extra['threshold']:.2f}** · {info.dtype}"
     if info.demo:
         note += (
@@ -222,14 +228,14 @@ def model_note() -> str:
             " seconds on a small synthetic lexicon, not a toxicity model: its verdicts mean"
             " little. Set `MODEL_ID` to a trained model."
         )
-    return note
+    return note, False
 
 
 def refresh_note() -> tuple[str, gr.Timer]:
     """The banner, re-read on a timer until the model has loaded (or failed), then the timer
     stops: a page opened during the load would otherwise say "loading" until reloaded."""
-    _, body = service.health()
-    return model_note(), gr.Timer(active=body.get("status") == "loading")
+    note, loading = _note()
+    return note, gr.Timer(active=loading)
 
 
 def batch_lines(texts: str) -> list[str]:
@@ -261,7 +267,9 @@ with gr.Blocks(title="Arabic toxicity classifier") as demo:
         )
         # What the API's predict_batch takes: a list of texts (a JSON component shows values
         # but cannot be edited, hence the text box above for people).
-        batch_in = gr.JSON(visible=False)
+        batch_in = gr.JSON(
+            label="Texts (a JSON list, at most 64)", value=EXAMPLES[:2], visible=False
+        )
         batch_button = gr.Button("Classify batch")
         batch_out = gr.JSON(label="Verdicts")
     note_timer = gr.Timer(2.0)
@@ -315,7 +323,7 @@ class InferenceParameters(BaseModel):
     model_config = ConfigDict(extra="allow")
 
     # How many labels to return per text, best first; all of them when None.
-    top_k: int | None = Field(default=None, ge=1)
+    top_k: int | None = Field(default=None, ge=1, strict=True)
 
 
 class LegacyRequest(BaseModel):

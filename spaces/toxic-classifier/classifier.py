@@ -20,7 +20,7 @@ import torch
 import yaml
 
 from shared.errors import InputError, ModelLoadError
-from shared.labels import TOXICITY_ALIASES, LabelMapper
+from shared.labels import TOXICITY_ALIASES, LabelMapper, LabelMappingError, load_label_map
 from shared.models import (
     TRANSFORMERS_WEIGHTS,
     ModelSource,
@@ -78,22 +78,36 @@ class ClassifierConfig:
 
         Returns:
             The configuration.
+
+        Raises:
+            ModelLoadError: the file is not YAML, or a key or value is wrong; the message
+                names the file and the key.
         """
-        raw: dict[str, Any] = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+        try:
+            raw: dict[str, Any] = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+        except UnicodeDecodeError as e:
+            raise ModelLoadError(f"{path} is not UTF-8 text ({e})") from e
+        except yaml.YAMLError as e:
+            mark = getattr(e, "problem_mark", None)
+            where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+            problem = getattr(e, "problem", None) or str(e).splitlines()[0]
+            raise ModelLoadError(f"{path} is not a valid YAML config ({problem}{where})") from e
+        if not isinstance(raw, dict):
+            raise ModelLoadError(f"{path} must be a YAML mapping of keys to values")
         raw |= {k: v for k, v in overrides.items() if v is not None}
         known = set(cls.__dataclass_fields__)
         unknown = sorted(set(raw) - known)
         if unknown:
             raise ModelLoadError(f"unknown keys {unknown} in {path}; valid keys: {sorted(known)}")
         raw["normalization"] = _normalization(raw.get("normalization", "arabert_v02"))
-        raw["threshold"] = float(raw.get("threshold", cls.threshold))
+        raw["threshold"] = _number(raw.get("threshold", cls.threshold), float, "threshold", path)
         if not 0.0 <= raw["threshold"] <= 1.0:
             raise ModelLoadError(f"threshold must be in [0, 1], got {raw['threshold']}")
         if raw.get("precision", "fp32") not in ("fp32", "bf16", "int8"):
             raise ModelLoadError(f"precision must be fp32, bf16 or int8, got {raw['precision']!r}")
         if raw.get("runtime", "onnxruntime") not in ("onnxruntime", "torch"):
             raise ModelLoadError(f"runtime must be onnxruntime or torch, got {raw['runtime']!r}")
-        raw["workers"] = int(raw.get("workers", cls.workers))
+        raw["workers"] = _number(raw.get("workers", cls.workers), int, "workers", path)
         if raw["workers"] < 1:
             raise ModelLoadError(f"workers must be at least 1, got {raw['workers']}")
         if raw.get("device", "auto") not in ("auto", "cpu", "cuda"):
@@ -142,6 +156,14 @@ class Prepared:
         return len(self.input_ids)
 
 
+def _number(value: object, kind: type[float] | type[int], key: str, path: Path) -> Any:
+    """``kind(value)``, or a ModelLoadError naming the key and the file."""
+    try:
+        return kind(value)  # type: ignore[arg-type]
+    except (TypeError, ValueError) as e:
+        raise ModelLoadError(f"{key} in {path} must be a number, got {value!r}") from e
+
+
 def _config_label_map(
     label_map: Mapping[str, str],
     model_labels: Sequence[str],
@@ -150,24 +172,33 @@ def _config_label_map(
 ) -> dict[str, str] | None:
     """The config's ``label_map``, where it applies to this model.
 
-    It is written for the production checkpoint, so it gives way to a ``label_map.json``
-    beside the model, and a map that names none of the model's labels (another checkpoint's
-    ``LABEL_0``/``LABEL_1`` on a model with named labels) is set aside for the alias and name
-    rules. A map that names some of the model's labels but not others still fails in
-    :meth:`LabelMapper.build`: that is a typo, not another checkpoint.
+    It is written for the production checkpoint, so it is set aside (with a warning) for a
+    model whose own ``label_map.json`` maps every label, and for a model that has none of the
+    labels it names (another checkpoint's ``LABEL_0``/``LABEL_1`` on a model with named
+    labels), which then maps through the alias and name rules. Otherwise it is used label by
+    label after ``label_map.json``, and :meth:`LabelMapper.build` refuses a map that names some
+    of the model's labels and others it lacks (a typo, not another checkpoint).
+
+    Raises:
+        LabelMappingError: a target is not ``harmful`` or ``safe`` (checked even for a map
+            that is set aside, so a typo in it never passes unseen).
     """
     if not label_map:
         return None
-    if label_map_file is not None and label_map_file.is_file():
-        logger.info("%s: label_map.json beside the model wins over config label_map", model_ref)
-        return None
-    if not set(label_map) & set(model_labels):
-        logger.info(
-            "%s: config label_map names %s, none of the model's labels %s; not used",
-            model_ref, sorted(label_map), list(model_labels),
-        )  # fmt: skip
-        return None
-    return dict(label_map)
+    wrong = {raw: target for raw, target in label_map.items() if target not in CANONICAL}
+    if wrong:
+        raise LabelMappingError(
+            f"the Space's label_map maps {wrong}; targets must be one of {list(CANONICAL)}"
+        )
+    own = (load_label_map(label_map_file.parent) or {}) if label_map_file is not None else {}
+    if set(model_labels) <= set(own):
+        reason = f"its label_map.json maps all of {list(model_labels)}"
+    elif not set(label_map) & set(model_labels):
+        reason = f"it has none of those labels (its labels: {list(model_labels)})"
+    else:
+        return dict(label_map)
+    logger.warning("%s: config label_map (%s) not used: %s", model_ref, sorted(label_map), reason)
+    return None
 
 
 def plan_chunks(lengths: Sequence[int], budget: int) -> list[tuple[int, int]]:

@@ -25,6 +25,7 @@ import sys
 import textwrap
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
+from typing import NoReturn
 
 import numpy as np
 
@@ -91,8 +92,12 @@ def load_examples(path: Path) -> list[Example]:
         ValueError: a line that is not ``{"text": ..., "label": ...}`` JSON with a known label
             (the message names the file and line), or a file with no examples.
     """
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except UnicodeDecodeError as e:
+        raise ValueError(f"{path} is not UTF-8 text ({e})") from e
     examples = []
-    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
+    for number, line in enumerate(lines, start=1):
         if not line.strip():
             continue
         try:
@@ -323,8 +328,11 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"--target-recall must be in (0, 1], got {args.target_recall}")
     logging.basicConfig(level=logging.WARNING)
 
-    # The command's one error boundary: a missing file, a bad line or a model that will not
-    # load is one line naming it, not a stack trace.
+    # A missing file, a bad line, a bad config or a model that will not load is one line
+    # naming it, not a stack trace; anything else (a bug) keeps its traceback.
+    def fail(error: Exception) -> NoReturn:
+        parser.exit(2, f"{parser.prog}: error: {error}\n")
+
     try:
         config = ClassifierConfig.load(
             args.config,
@@ -335,10 +343,16 @@ def main(argv: list[str] | None = None) -> int:
             runtime=args.runtime,
         )
         examples = load_examples(args.data)
+    except (OSError, ValueError, ModelLoadError) as e:  # ValueError: a bad line, named
+        fail(e)
+    try:
         classifier = ToxicityClassifier.load(config, cache_dir=args.onnx_cache)
+    except ModelLoadError as e:
+        fail(e)
+    try:
         check_examples(classifier, examples, args.data)
-    except (OSError, ValueError, ModelLoadError) as e:
-        parser.exit(2, f"{parser.prog}: error: {e}\n")
+    except ValueError as e:  # a text the Space would refuse, named by line
+        fail(e)
     texts = [e.text for e in examples]
     y_true = np.asarray([e.label == "harmful" for e in examples], dtype=int)
     p_harmful = harmful_probabilities(classifier, texts)
@@ -356,7 +370,7 @@ def main(argv: list[str] | None = None) -> int:
                 replace(config, precision=args.compare_precision), cache_dir=args.onnx_cache
             )
         except ModelLoadError as e:
-            parser.exit(2, f"{parser.prog}: error: {e}\n")
+            fail(e)
         p_other = harmful_probabilities(other, texts)
         diff = np.abs(p_other - p_harmful)
         agree = float(((p_other >= config.threshold) == (p_harmful >= config.threshold)).mean())
@@ -375,7 +389,7 @@ def main(argv: list[str] | None = None) -> int:
         try:
             threshold = calibrate_threshold(y_true, p_harmful, args.target_recall)
         except ValueError as e:
-            parser.exit(2, f"{parser.prog}: error: {e}; the threshold was not changed\n")
+            fail(ValueError(f"{e}; the threshold was not changed"))
         calibrated = build_report(y_true, p_harmful, threshold, name)
         recall = args.target_recall
         goal = f"recall >= {recall}" if recall is not None else "best F1 on harmful"

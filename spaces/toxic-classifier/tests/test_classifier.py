@@ -214,14 +214,33 @@ def test_named_labels_map_with_the_shipped_config(demo_dir, tmp_path, names):
     assert verdict.scores["harmful"] == pytest.approx(raw[names[1]])
 
 
-def test_label_map_file_wins_over_the_shipped_config(demo_dir, tmp_path):
-    model_dir = variant(demo_dir, tmp_path, {0: "foo", 1: "bar"})
-    (model_dir / "label_map.json").write_text('{"foo": "harmful", "bar": "safe"}')
+def test_label_map_file_mapping_every_label_sets_the_config_map_aside(demo_dir, tmp_path):
+    # LABEL_0 is in the shipped config's map, bar is not: without the file the config map
+    # would be a typo (it names LABEL_1, which this model lacks); with it, the file decides.
+    model_dir = variant(demo_dir, tmp_path, {0: "LABEL_0", 1: "bar"})
+    (model_dir / "label_map.json").write_text('{"LABEL_0": "harmful", "bar": "safe"}')
     clf = ToxicityClassifier.load(config_for(model_dir))
     assert {raw: clf.mapper.canonical_of(raw) for raw in clf.raw_labels} == {
-        "foo": "harmful",
+        "LABEL_0": "harmful",
         "bar": "safe",
     }
+
+
+def test_label_map_file_and_config_map_apply_label_by_label(demo_dir, tmp_path):
+    model_dir = variant(demo_dir, tmp_path, {0: "LABEL_0", 1: "LABEL_1"})
+    (model_dir / "label_map.json").write_text('{"LABEL_1": "harmful"}')
+    clf = ToxicityClassifier.load(config_for(model_dir))  # LABEL_0 from the config's map
+    assert {raw: clf.mapper.canonical_of(raw) for raw in clf.raw_labels} == {
+        "LABEL_0": "safe",
+        "LABEL_1": "harmful",
+    }
+
+
+def test_config_map_with_a_wrong_target_fails_even_when_set_aside(demo_dir, tmp_path):
+    model_dir = variant(demo_dir, tmp_path, {0: "NOT_OFF", 1: "OFF"})
+    config = config_for(model_dir, label_map={"LABEL_0": "sfae", "LABEL_1": "harmful"})
+    with pytest.raises(LabelMappingError, match=r"\{'LABEL_0': 'sfae'\}; targets must be one of"):
+        ToxicityClassifier.load(config)
 
 
 def test_config_map_naming_some_model_labels_but_not_others_fails(demo_dir, tmp_path):
@@ -287,6 +306,10 @@ def test_space_with_broken_model_reports_it_on_health(demo_dir, tmp_path):
         ("precision: fp8\n", "precision must be"),
         ("workers: 0\n", "workers must be at least 1, got 0"),
         ("runtime: tensorrt\n", "runtime must be onnxruntime or torch"),
+        ("threshold: abc\n", "threshold in .*config.yaml must be a number, got 'abc'"),
+        ("workers: two\n", "workers in .*config.yaml must be a number, got 'two'"),
+        ("threshold: [0.5\n", "config.yaml is not a valid YAML config"),
+        ("- a\n- b\n", "must be a YAML mapping"),
     ],
 )
 def test_config_rejects_unknown_keys_and_bad_values(tmp_path, text, message):

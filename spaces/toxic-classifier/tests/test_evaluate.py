@@ -148,6 +148,28 @@ def test_cli_errors_are_one_line_and_exit_2(demo_models, tmp_path, capsys, data,
     assert "Traceback" not in err and len(err.strip().splitlines()) == 1
 
 
+@pytest.mark.parametrize(
+    ("config", "data", "message"),
+    [
+        ("threshold: [0.5\n", b'{"text": "x", "label": "safe"}\n', r"is not a valid YAML"),
+        ("threshold: abc\n", b'{"text": "x", "label": "safe"}\n', r"threshold in .* a number"),
+        (None, b"\xff\xfe\x00", r"bad\.jsonl is not UTF-8 text"),
+    ],
+)
+def test_cli_bad_config_or_data_file_is_one_line(tmp_path, capsys, config, data, message):
+    args = []
+    if config is not None:
+        (tmp_path / "config.yaml").write_text(config)
+        args = ["--config", str(tmp_path / "config.yaml")]
+    (tmp_path / "bad.jsonl").write_bytes(data)
+    with pytest.raises(SystemExit) as exit_:
+        main([str(tmp_path / "bad.jsonl"), *args])
+    assert exit_.value.code == 2
+    err = capsys.readouterr().err
+    assert re.search(r"^evaluate\.py: error: .*" + message, err), err
+    assert len(err.strip().splitlines()) == 1
+
+
 @pytest.mark.slow
 def test_cli_calibration_refuses_one_class_data_and_keeps_the_threshold(
     demo_models, tmp_path, capsys
