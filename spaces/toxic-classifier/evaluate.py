@@ -29,7 +29,7 @@ from typing import NoReturn
 
 import numpy as np
 
-from classifier import CONFIG_PATH, ClassifierConfig, ToxicityClassifier
+from classifier import CONFIG_PATH, ClassifierConfig, Prepared, ToxicityClassifier
 from shared.errors import InputError, ModelLoadError
 
 logger = logging.getLogger("evaluate")
@@ -113,26 +113,30 @@ def load_examples(path: Path) -> list[Example]:
     return examples
 
 
-def check_examples(classifier: ToxicityClassifier, examples: list[Example], path: Path) -> None:
-    """Run every text through the Space's input checks before any is scored.
+def prepare_examples(
+    classifier: ToxicityClassifier, examples: list[Example], path: Path
+) -> list[Prepared]:
+    """Every text through the Space's checks and preprocessing, before any is scored.
 
     Raises:
         ValueError: a text the Space would refuse (not a string, empty, too long, only
             diacritics); the message names the file and line and the limit.
     """
+    prepared = []
     for example in examples:
         try:
-            classifier.preprocess(example.text)
+            prepared.append(classifier.preprocess(example.text))
         except InputError as e:
             raise ValueError(f"{path}:{example.line}: {e}") from e
+    return prepared
 
 
-def harmful_probabilities(classifier: ToxicityClassifier, texts: list[str]) -> np.ndarray:
-    """p(harmful) for every text, in batches."""
+def harmful_probabilities(classifier: ToxicityClassifier, prepared: list[Prepared]) -> np.ndarray:
+    """p(harmful) for every prepared text, in batches (the Space's forward and decision rule)."""
     scores: list[float] = []
-    for start in range(0, len(texts), BATCH_SIZE):
-        verdicts = classifier.classify(texts[start : start + BATCH_SIZE])
-        scores.extend(v.scores["harmful"] for v in verdicts)
+    for start in range(0, len(prepared), BATCH_SIZE):
+        probs, truncated = classifier.forward(prepared[start : start + BATCH_SIZE])
+        scores.extend(v.scores["harmful"] for v in classifier.postprocess(probs, truncated))
     return np.asarray(scores, dtype=np.float64)
 
 
@@ -350,12 +354,11 @@ def main(argv: list[str] | None = None) -> int:
     except ModelLoadError as e:
         fail(e)
     try:
-        check_examples(classifier, examples, args.data)
+        prepared = prepare_examples(classifier, examples, args.data)
     except ValueError as e:  # a text the Space would refuse, named by line
         fail(e)
-    texts = [e.text for e in examples]
     y_true = np.asarray([e.label == "harmful" for e in examples], dtype=int)
-    p_harmful = harmful_probabilities(classifier, texts)
+    p_harmful = harmful_probabilities(classifier, prepared)
     name = f"{classifier.model_ref} ({config.precision})"
     if classifier.demo:
         name += " [demo weights]"
@@ -371,7 +374,7 @@ def main(argv: list[str] | None = None) -> int:
             )
         except ModelLoadError as e:
             fail(e)
-        p_other = harmful_probabilities(other, texts)
+        p_other = harmful_probabilities(other, prepared)  # same tokenizer, same preprocessing
         diff = np.abs(p_other - p_harmful)
         agree = float(((p_other >= config.threshold) == (p_harmful >= config.threshold)).mean())
         print(
