@@ -185,7 +185,13 @@ def _config_label_map(
     """
     if not label_map:
         return None
-    wrong = {raw: target for raw, target in label_map.items() if target not in CANONICAL}
+    # Targets match ignoring case, as LabelMapper.build matches them.
+    canonical = {label.casefold() for label in CANONICAL}
+    wrong = {
+        raw: target
+        for raw, target in label_map.items()
+        if not isinstance(target, str) or target.casefold() not in canonical
+    }
     if wrong:
         raise LabelMappingError(
             f"the Space's label_map maps {wrong}; targets must be one of {list(CANONICAL)}"

@@ -236,6 +236,14 @@ def test_label_map_file_and_config_map_apply_label_by_label(demo_dir, tmp_path):
     }
 
 
+def test_config_map_targets_match_ignoring_case(demo_dir, tmp_path):
+    model_dir = variant(demo_dir, tmp_path, {0: "LABEL_0", 1: "LABEL_1"})
+    clf = ToxicityClassifier.load(
+        config_for(model_dir, label_map={"LABEL_0": "Safe", "LABEL_1": "HARMFUL"})
+    )
+    assert [clf.mapper.canonical_of(raw) for raw in clf.raw_labels] == ["safe", "harmful"]
+
+
 def test_config_map_with_a_wrong_target_fails_even_when_set_aside(demo_dir, tmp_path):
     model_dir = variant(demo_dir, tmp_path, {0: "NOT_OFF", 1: "OFF"})
     config = config_for(model_dir, label_map={"LABEL_0": "sfae", "LABEL_1": "harmful"})
