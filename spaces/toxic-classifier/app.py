@@ -208,13 +208,9 @@ def clear() -> tuple[None, str, None]:
     return None, "", None
 
 
-def model_note() -> str:
-    """The banner above the UI: which model runs, and whether it is demo weights."""
-    return _note()[0]
-
-
 def _note() -> tuple[str, bool]:
-    """The banner and whether the model is still loading, from one read of the service."""
+    """The banner above the UI (which model runs, whether it is demo weights) and whether the
+    model is still loading, from one read of the service."""
     _, body = service.health()
     info = service.info
     if body.get("status") != "ok" or info is None:
@@ -232,8 +228,9 @@ def _note() -> tuple[str, bool]:
 
 
 def refresh_note() -> tuple[str, gr.Timer]:
-    """The banner, re-read on a timer until the model has loaded (or failed), then the timer
-    stops: a page opened during the load would otherwise say "loading" until reloaded."""
+    """The banner, on page load and then on a timer until the model has loaded (or failed),
+    when the timer stops: a page opened during the load would otherwise say "loading" until
+    reloaded."""
     note, loading = _note()
     return note, gr.Timer(active=loading)
 
@@ -304,8 +301,8 @@ with gr.Blocks(title="Arabic toxicity classifier") as demo:
         api_name="predict_batch",
         concurrency_limit=8,
     )
-    demo.load(model_note, outputs=banner, api_visibility="private", queue=False)
-    note_timer.tick(
+    gr.on(
+        [demo.load, note_timer.tick],
         refresh_note,
         outputs=[banner, note_timer],
         api_visibility="private",
