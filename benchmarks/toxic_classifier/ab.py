@@ -45,9 +45,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import NamedTuple
 
-import psutil
-
-from benchmarks.toxic_classifier.bench import HIGH_CONCURRENCY, _cpu_seconds, server
+from benchmarks.toxic_classifier.bench import HIGH_CONCURRENCY, CpuMeter, server
 from benchmarks.toxic_classifier.workload import build_model, make_texts
 from scripts.launcher import stop_spaces_on_sigterm
 
@@ -92,12 +90,9 @@ class Burst(NamedTuple):
 def measured_burst(clients: Sequence, text: str, requests: int, pid: int) -> Burst:
     """``burst`` with the CPU time the server (process ``pid`` and its children) and this
     process (the load generator, without the servers it started) spent on it."""
-    served, generator = psutil.Process(pid), psutil.Process()
-    before = (_cpu_seconds(served), _cpu_seconds(generator, children=False))
+    cpu = CpuMeter(pid)
     rps = burst(clients, text, requests)
-    server_ms = (_cpu_seconds(served) - before[0]) * 1000 / requests
-    client_ms = (_cpu_seconds(generator, children=False) - before[1]) * 1000 / requests
-    return Burst(rps, server_ms, client_ms)
+    return Burst(rps, *cpu.per_request(requests))
 
 
 CLIENT_MODES = ("per-thread", "shared")

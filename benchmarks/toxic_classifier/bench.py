@@ -361,6 +361,30 @@ def _cpu_seconds(process: psutil.Process, children: bool = True) -> float:
     return _tree_sum(processes, lambda p: sum(p.cpu_times()[:2]))  # user + system
 
 
+class CpuMeter:
+    """CPU time of a server's process tree and of this process (the load generator, without
+    the servers it started as children), from one ``reset`` to ``per_request``."""
+
+    def __init__(self, server_pid: int) -> None:
+        self._served, self._generator = psutil.Process(server_pid), psutil.Process()
+        self.reset()
+
+    def _now(self) -> tuple[float, float]:
+        return _cpu_seconds(self._served), _cpu_seconds(self._generator, children=False)
+
+    def reset(self) -> None:
+        """Start counting from now."""
+        self._start = self._now()
+
+    def per_request(self, requests: int) -> tuple[float, float]:
+        """CPU ms per request since ``reset``: (server, load generator)."""
+        (server, generator), requests = self._now(), max(1, requests)
+        return (
+            (server - self._start[0]) * 1000 / requests,
+            (generator - self._start[1]) * 1000 / requests,
+        )
+
+
 class PeakRSS:
     """Samples a process tree's resident memory in a thread; ``reset`` starts a new peak."""
 
@@ -482,8 +506,7 @@ def measure_server(
     logger.info("starting %s", label)
     with server(kind, model_dir, precision, extra_env) as running:
         rss = PeakRSS(running.process.pid)
-        # The server runs as a child of this process: count the load generator without it.
-        served, generator = psutil.Process(running.process.pid), psutil.Process()
+        cpu = CpuMeter(running.process.pid)
         # ssl_verify=False: the servers are plain http on localhost, so it changes nothing on
         # the wire, but gradio_client makes a new httpx client per request, and loading the CA
         # bundle for each cost ~180 ms of CPU per request, on the cores the server needs.
@@ -499,7 +522,7 @@ def measure_server(
                 for concurrency in concurrencies:
                     low = concurrency == 1
                     rss.reset()
-                    cpu = (_cpu_seconds(served), _cpu_seconds(generator, children=False))
+                    cpu.reset()
                     latencies, errors, wall = drive(
                         clients,
                         batch.texts,
@@ -507,9 +530,7 @@ def measure_server(
                         plan.requests_c1 if low else plan.requests_c16,
                         plan.cap_c1_s if low else plan.cap_c16_s,
                     )
-                    done = max(1, len(latencies))
-                    server_cpu = (_cpu_seconds(served) - cpu[0]) * 1000 / done
-                    client_cpu = (_cpu_seconds(generator, children=False) - cpu[1]) * 1000 / done
+                    server_cpu, client_cpu = cpu.per_request(len(latencies))
                     cell = Cell(
                         config=label,
                         length=batch.name,
