@@ -198,12 +198,22 @@ def _config_label_map(
         )
     own = (load_label_map(label_map_file.parent) or {}) if label_map_file is not None else {}
     if set(model_labels) <= set(own):
+        # Only worth a warning when the two maps disagree (the demo models agree).
+        differ = {
+            raw: {"config": target, "label_map.json": own[raw]}
+            for raw, target in label_map.items()
+            if raw in own and target.casefold() != own[raw].casefold()
+        }
+        level = logging.WARNING if differ else logging.INFO
         reason = f"its label_map.json maps all of {list(model_labels)}"
+        if differ:
+            reason += f", differently: {differ}"
     elif not set(label_map) & set(model_labels):
+        level = logging.INFO
         reason = f"it has none of those labels (its labels: {list(model_labels)})"
     else:
         return dict(label_map)
-    logger.warning("%s: config label_map (%s) not used: %s", model_ref, sorted(label_map), reason)
+    logger.log(level, "%s: config label_map %s not used: %s", model_ref, sorted(label_map), reason)
     return None
 
 

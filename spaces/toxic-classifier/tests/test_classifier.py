@@ -226,6 +226,22 @@ def test_label_map_file_mapping_every_label_sets_the_config_map_aside(demo_dir, 
     }
 
 
+def test_label_map_file_that_disagrees_with_the_config_is_warned_about(demo_dir, tmp_path, caplog):
+    model_dir = variant(demo_dir, tmp_path, {0: "LABEL_0", 1: "LABEL_1"})
+    (model_dir / "label_map.json").write_text('{"LABEL_0": "harmful", "LABEL_1": "safe"}')
+    with caplog.at_level("INFO", logger="classifier"):
+        clf = ToxicityClassifier.load(config_for(model_dir))
+    assert [clf.mapper.canonical_of(raw) for raw in clf.raw_labels] == ["harmful", "safe"]
+    warned = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert len(warned) == 1 and "differently" in warned[0] and "LABEL_0" in warned[0]
+
+
+def test_label_map_file_that_agrees_with_the_config_is_not_warned_about(demo_dir, caplog):
+    with caplog.at_level("INFO", logger="classifier"):
+        ToxicityClassifier.load(config_for(demo_dir))  # the demo model's map is the config's
+    assert not [r for r in caplog.records if r.levelname == "WARNING"]
+
+
 def test_label_map_file_and_config_map_apply_label_by_label(demo_dir, tmp_path):
     model_dir = variant(demo_dir, tmp_path, {0: "LABEL_0", 1: "LABEL_1"})
     (model_dir / "label_map.json").write_text('{"LABEL_1": "harmful"}')
