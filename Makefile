@@ -7,7 +7,7 @@ UV := build/tools/bin/uv
 UV_VERSION := 0.13.9
 DEMO_MODELS := build/demo-models
 
-.PHONY: setup system demo test lint format bench bench-toxic eval-toxic deploy clean
+.PHONY: setup system demo test lint format bench bench-toxic bench-llm bench-spam eval-toxic eval-spam deploy clean
 
 setup: $(VENV)/.synced system $(DEMO_MODELS)/env.json
 
@@ -43,10 +43,19 @@ format: $(VENV)/.synced
 eval-toxic: setup
 	cd spaces/toxic-classifier && ../../$(PY) evaluate.py data/eval.jsonl $(EVAL_ARGS)
 
+eval-spam: setup
+	cd spaces/spam-mistral && ../../$(PY) evaluate.py data/eval.jsonl $(EVAL_ARGS)
+
 bench-toxic: setup
 	$(PY) -m benchmarks.toxic_classifier.bench $(BENCH_ARGS)
 
-bench: bench-toxic
+bench-llm: setup
+	$(PY) benchmarks/llm_tiers/bench.py --write $(BENCH_ARGS)
+
+bench-spam: setup
+	$(PY) -m benchmarks.spam_mistral.bench $(BENCH_ARGS)
+
+bench: bench-toxic bench-llm bench-spam
 
 # make deploy SPACE=toxic-classifier [DEPLOY_ARGS=--dry-run]
 deploy: $(VENV)/.synced system

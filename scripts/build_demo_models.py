@@ -269,6 +269,7 @@ def space_env(root: Path) -> dict[str, dict[str, str]]:
             "TIER_ABSTRACTION_MODEL": mistral,
             "TIER_USER_MODEL": mistral,
         },
+        "spam-mistral": {"CLASSIFIER_MODEL_ID": mistral, "GENERATOR_MODEL_ID": mistral},
     }
 
 

@@ -1,7 +1,14 @@
 """Start every Space under ``spaces/`` on localhost with its demo models; Ctrl-C stops them all.
 
+Each Space gets the same port every time (:data:`DEMO_PORTS`), so the port in its README's
+examples is the one ``make demo`` serves it on, whatever other Spaces exist; a Space not in the
+table gets the next port after the table's. ``--base-port`` shifts them all.
+
 Usage:
     python scripts/demo.py [--base-port 7860] [--host 127.0.0.1] [--only NAME ...]
+
+Stop it with Ctrl-C in its terminal, or ``kill <pid>`` (SIGTERM) of this process or of
+``make demo`` (make passes SIGTERM on to its recipe, but not SIGINT).
 """
 
 from __future__ import annotations
@@ -23,6 +30,23 @@ from scripts.launcher import (
 
 LOG_DIR = ROOT / "build" / "logs"
 
+# Port offset from --base-port of each Space under `make demo`; add a Space here when it lands.
+DEMO_PORTS = {
+    "llm-tiers": 0,
+    "toxic-classifier": 1,
+    "answer-sheet-ml": 2,
+    "twi-speech": 3,
+    "spam-mistral": 4,
+}
+
+
+def demo_ports(names: list[str], base: int) -> dict[str, int]:
+    """Each Space's port: its :data:`DEMO_PORTS` offset, or the next one after the table."""
+    offsets = dict(DEMO_PORTS)
+    for name in names:
+        offsets.setdefault(name, max(offsets.values()) + 1)
+    return {name: base + offsets[name] for name in names}
+
 
 def main(argv: list[str] | None = None) -> int:
     """Start the Spaces, print their URLs, and wait for Ctrl-C."""
@@ -34,19 +58,20 @@ def main(argv: list[str] | None = None) -> int:
     stop_spaces_on_sigterm()
 
     names = args.only or space_names()
+    ports = demo_ports(space_names(), args.base_port)
     env = demo_env()
     print(f"Starting {len(names)} Space(s) on demo models (logs in {LOG_DIR.relative_to(ROOT)}/)")
     started: list[tuple[RunningSpace, Path]] = []
     with ExitStack() as stack:
         try:
-            for i, name in enumerate(names):
+            for name in names:
                 log = LOG_DIR / f"{name}.log"
                 print(f"  {name}: starting ...", flush=True)
                 space = stack.enter_context(
                     start_space(
                         name,
                         env.get(name, {}),
-                        port=args.base_port + i,
+                        port=ports[name],
                         host=args.host,
                         log_path=log,
                     )

@@ -1,8 +1,9 @@
 """Map a classifier's raw labels onto a Space's canonical labels, and its scores with them.
 
-A model says ``LABEL_1``, ``toxic``, ``OFF`` or ``identity_hate``; the Space answers ``harmful``
-or ``safe``. :meth:`LabelMapper.build` decides the mapping once, at startup, and refuses to start
-when a label cannot be mapped: a guessed default would silently invert a classifier.
+A model says ``LABEL_1``, ``toxic`` or ``OFF``; the Space answers ``harmful`` or ``safe``.
+:meth:`LabelMapper.build` decides the mapping once, at startup, by one rule: the model's own
+``label_map.json``, else the Space config's map, else a startup error listing the model's labels.
+A guessed default would silently invert a classifier.
 """
 
 from __future__ import annotations
@@ -11,112 +12,27 @@ import json
 import logging
 import math
 import numbers
-import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from types import MappingProxyType
 from typing import Final, Literal
 
 from shared.errors import ModelLoadError
 
 logger = logging.getLogger(__name__)
 
-__all__ = [
-    "LABEL_MAP_FILENAME",
-    "TOXICITY_ALIASES",
-    "LabelMapper",
-    "LabelMappingError",
-    "load_label_map",
-]
+__all__ = ["LABEL_MAP_FILENAME", "LabelMapper", "LabelMappingError", "load_label_map"]
 
 #: The file beside a model's weights that maps its raw labels to canonical ones.
 LABEL_MAP_FILENAME: Final = "label_map.json"
 
 _HOW_TO_FIX = "add a label_map.json beside the model or set label_map in the Space config"
-# transformers' placeholder names (config id2label when nobody named the classes): the same name
-# means class 0 in one checkpoint and class 1 in another, so only an explicit map can place it.
-_GENERIC_LABEL = re.compile(r"LABEL_\d+", re.IGNORECASE)
-_SEPARATORS = re.compile(r"[-_\s]+")
 # Scores may exceed [0, 1] by float rounding (a float16 softmax); more than this is not rounding.
 _SCORE_TOLERANCE = 1e-4
 
 
 class LabelMappingError(ModelLoadError):
     """A model label that maps to no canonical label, or a malformed label map."""
-
-
-def _alias_key(label: str) -> str:
-    """``Non-Toxic``, ``non_toxic`` and ``non toxic`` are one alias: ``nontoxic``."""
-    return _SEPARATORS.sub("", label).casefold()
-
-
-#: Common raw label names of toxicity, offensive-language and hate-speech classifiers (Jigsaw,
-#: OLID/OffensEval, OSACT, HateXplain, ...) mapped to ``harmful`` / ``safe``. Matching ignores
-#: case, ``-``, ``_`` and spaces, so ``NOT_OFF`` also matches ``not-off``.
-TOXICITY_ALIASES: Final[Mapping[str, str]] = MappingProxyType(
-    {
-        **dict.fromkeys(
-            [
-                "harmful",
-                "unsafe",
-                "toxic",
-                "toxicity",
-                "severe_toxic",
-                "severe_toxicity",
-                "obscene",
-                "threat",
-                "insult",
-                "identity_hate",
-                "identity_attack",
-                "sexual_explicit",
-                "offensive",
-                "offensive_language",
-                "OFF",
-                "hate",
-                "hateful",
-                "hate_speech",
-                "HS",
-                "abusive",
-                "abuse",
-                "profanity",
-                "profane",
-                "harassment",
-                "bullying",
-                "cyberbullying",
-                "racism",
-                "sexism",
-                "vulgar",
-            ],
-            "harmful",
-        ),
-        **dict.fromkeys(
-            [
-                "safe",
-                "non-toxic",
-                "not_toxic",
-                "not offensive",
-                "non_offensive",
-                "NOT_OFF",
-                "NOT",
-                "not_hate",
-                "non_hate",
-                "NOT_HS",
-                "not_abusive",
-                "non_abusive",
-                "clean",
-                "neutral",
-                "normal",
-                "neither",
-                "none",
-                "benign",
-                "acceptable",
-                "ok",
-            ],
-            "safe",
-        ),
-    }
-)
 
 
 def load_label_map(model_dir: Path) -> dict[str, str] | None:
@@ -212,29 +128,21 @@ class LabelMapper:
         model_labels: Sequence[str],
         canonical: Sequence[str],
         *,
-        explicit: Mapping[str, str] | None = None,
-        aliases: Mapping[str, str] | None = None,
         label_map_file: Path | None = None,
+        config_map: Mapping[str, str] | None = None,
         complement: str | None = None,
     ) -> LabelMapper:
         """Map every model label to a canonical label, or refuse to start.
 
-        For each raw label the first rule that knows it wins:
-
-        1. ``label_map_file`` (``label_map.json`` beside the model: a JSON object raw -> canonical);
-        2. ``explicit`` (the Space's config);
-        3. ``aliases`` (e.g. :data:`TOXICITY_ALIASES`), ignoring case, ``-``, ``_`` and spaces;
-        4. a canonical label of the same name, ignoring case.
-
-        Generic ``LABEL_<n>`` names only go through rules 1 and 2: their meaning differs between
-        checkpoints. Targets are matched to canonical names ignoring case.
+        One map decides: the model's ``label_map.json`` when ``label_map_file`` exists, else
+        ``config_map`` (the Space config's). It must map every model label and name no label
+        the model lacks; targets match canonical names ignoring case.
 
         Args:
             model_labels: The model's labels in id order (``config.id2label`` values).
             canonical: The Space's labels, e.g. ``["harmful", "safe"]``.
-            explicit: Raw label -> canonical label from the Space's config.
-            aliases: Alias -> canonical label; entries for labels the model lacks are ignored.
             label_map_file: Path of the model's ``label_map.json``; a missing file is skipped.
+            config_map: Raw label -> canonical label from the Space's config.
             complement: A canonical label the model may have no head for, as multi-label
                 toxicity models (Jigsaw) have no ``safe`` head. Its score is then ``1 -`` the
                 other canonical scores (see :meth:`aggregate`).
@@ -243,66 +151,48 @@ class LabelMapper:
             The mapper.
 
         Raises:
-            LabelMappingError: A model label maps to nothing, a map names a label the model
-                does not have or a target that is not canonical, or a canonical label gets no
-                model label; the message lists the model's labels and says what to add.
+            LabelMappingError: No map applies, a model label is unmapped, a map names a label
+                the model does not have or a target that is not canonical, or a canonical label
+                gets no model label; the message lists the model's labels and says what to add.
         """
         _check_unique("model label", model_labels)
         _check_unique("canonical label", canonical)
         raw_labels = tuple(model_labels)
         canonical_labels = tuple(canonical)
         file_map = _read_label_map(Path(label_map_file)) if label_map_file is not None else None
-        rules = [
-            (f"{label_map_file}", file_map or {}),
-            ("the Space's label_map", explicit or {}),
-        ]
-        for source, table in rules:
-            extra = [raw for raw in table if raw not in raw_labels]
-            if extra:
-                raise LabelMappingError(
-                    f"{source} maps {extra}, which the model does not have; "
-                    f"the model's labels are {list(raw_labels)}"
-                )
-            for raw, target in table.items():
-                if not isinstance(target, str):
-                    raise LabelMappingError(
-                        f"{source} maps {raw!r} to {target!r}; targets must be one of "
-                        f"{list(canonical_labels)}"
-                    )
-        alias_table = _alias_table(aliases or {})
+        if file_map is not None:
+            source, table = str(label_map_file), file_map
+        elif config_map:
+            source, table = "the Space config's label_map", dict(config_map)
+        else:
+            raise LabelMappingError(
+                f"no label map for the model's labels {list(raw_labels)}: {_HOW_TO_FIX} "
+                f"(each label to one of {list(canonical_labels)})"
+            )
+        extra = [raw for raw in table if raw not in raw_labels]
+        if extra:
+            raise LabelMappingError(
+                f"{source} maps {extra}, which the model does not have; "
+                f"the model's labels are {list(raw_labels)}: {_HOW_TO_FIX}"
+            )
+        unmapped = [raw for raw in raw_labels if raw not in table]
+        if unmapped:
+            raise LabelMappingError(
+                f"{source} does not map the model label(s) {unmapped}; the model's labels are "
+                f"{list(raw_labels)}: map each to one of {list(canonical_labels)}"
+            )
         by_name = {label.casefold(): label for label in canonical_labels}
-
         targets: list[str] = []
-        unmapped: list[str] = []
         for raw in raw_labels:
-            found = next(((source, table[raw]) for source, table in rules if raw in table), None)
-            if found is None and not _GENERIC_LABEL.fullmatch(raw):
-                if _alias_key(raw) in alias_table:
-                    found = ("the alias table", alias_table[_alias_key(raw)])
-                elif raw.casefold() in by_name:
-                    found = ("the canonical names", raw)
-            if found is None:
-                unmapped.append(raw)
-                continue
-            source, target = found
-            if target.casefold() not in by_name:
+            target = table[raw]
+            if not isinstance(target, str) or target.casefold() not in by_name:
                 raise LabelMappingError(
                     f"{source} maps model label {raw!r} to {target!r}, which is not a canonical "
                     f"label; use one of {list(canonical_labels)}"
                 )
             targets.append(by_name[target.casefold()])
-            logger.debug("model label %r -> %r (from %s)", raw, targets[-1], source)
-        if unmapped:
-            if len(unmapped) == 1:
-                which = f"model label {unmapped[0]!r} is"
-            else:
-                which = f"model labels {unmapped} are"
-            raise LabelMappingError(
-                f"{which} not mapped to any of {list(canonical_labels)}; "
-                f"the model's labels are {list(raw_labels)}: {_HOW_TO_FIX}"
-            )
         mapper = cls(raw_labels, canonical_labels, tuple(targets), complement)
-        logger.info("label mapping: %s", mapper.mapping)
+        logger.info("label mapping (from %s): %s", source, mapper.mapping)
         return mapper
 
     @property
@@ -384,19 +274,6 @@ def _check_unique(kind: str, labels: Sequence[str]) -> None:
     repeated = sorted({label for label in labels if labels.count(label) > 1})
     if repeated:
         raise LabelMappingError(f"{kind}s must be unique; {repeated} appear more than once")
-
-
-def _alias_table(aliases: Mapping[str, str]) -> dict[str, str]:
-    table: dict[str, str] = {}
-    for alias, target in aliases.items():
-        key = _alias_key(alias)
-        if table.get(key, target) != target:
-            raise LabelMappingError(
-                f"alias {alias!r} maps to {target!r} but an alias written differently maps "
-                f"to {table[key]!r}; aliases ignore case, '-', '_' and spaces"
-            )
-        table[key] = target
-    return table
 
 
 def _probability(raw: str, score: object) -> float:

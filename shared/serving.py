@@ -16,11 +16,11 @@ import os
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import Future
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass, field
-from typing import Any, Generic, ParamSpec, TypeVar
+from dataclasses import asdict, dataclass, field, replace
+from typing import Any, Generic, ParamSpec, Protocol, TypeVar
 
 from shared.errors import InputError, ModelLoadError
 
@@ -29,6 +29,9 @@ logger = logging.getLogger(__name__)
 T = TypeVar("T")
 P = ParamSpec("P")
 R = TypeVar("R")
+I = TypeVar("I")  # noqa: E741 - a predictor's input
+Prep = TypeVar("Prep")  # a preprocessed input
+O = TypeVar("O")  # noqa: E741 - a predictor's result
 
 
 # Gradio rebuilds its analytics summary (a pandas DataFrame over the last 10,000 queue events)
@@ -61,25 +64,61 @@ class ModelNotReady(RuntimeError):
 
 @dataclass(frozen=True)
 class ModelInfo:
-    """What ``/health`` reports about the loaded model."""
+    """What ``/health`` reports about one loaded model."""
 
     # Hub repo id or local path the model came from.
-    model_id: str
+    id: str
     # Hub revision, or None for a local directory.
     revision: str | None
-    # torch device the model runs on.
+    # Device the model runs on ("cpu", "cuda").
     device: str
-    # Precision the model runs in.
-    dtype: str
+    # Precision the model runs in ("fp32", "bf16", "int8", ...).
+    precision: str
     # True when the weights are the offline demo weights, not a trained model.
-    demo: bool = False
+    demo: bool
+    # Seconds the load took; the Service fills it in for a model it loaded itself.
+    load_s: float | None = None
     # Anything else worth showing (max length, labels, threshold, ...).
     extra: dict[str, Any] = field(default_factory=dict)
 
     @property
     def ref(self) -> str:
         """``id@revision`` as clients see it in responses."""
-        return f"{self.model_id}@{self.revision}" if self.revision else self.model_id
+        return f"{self.id}@{self.revision}" if self.revision else self.id
+
+    def to_json(self) -> dict[str, Any]:
+        """The ``/health`` entry: the fields, then ``extra``'s keys beside them."""
+        body = asdict(self)
+        extra = body.pop("extra")
+        body["load_s"] = None if self.load_s is None else round(self.load_s, 2)
+        return body | {k: v for k, v in extra.items() if k not in body}
+
+
+@dataclass(frozen=True)
+class ErrorKind:
+    """How one exception type is answered, over HTTP and in Gradio."""
+
+    # HTTP status code.
+    status: int
+    # ``error_type`` of the JSON body (TGI's vocabulary: validation, unavailable, ...).
+    error_type: str
+    # Extra response headers (``Retry-After``, ``WWW-Authenticate``).
+    headers: Mapping[str, str] = field(default_factory=dict)
+    # The text shown to the caller.
+    message: Callable[[BaseException], str] = str
+
+
+#: Errors every Space answers the same way; a Space adds its own with ``Service(errors=...)``.
+DEFAULT_ERRORS: Mapping[type[BaseException], ErrorKind] = {
+    InputError: ErrorKind(422, "validation"),
+    # A failed load will not fix itself: 503 without Retry-After (ModelNotReady is special-cased
+    # in Service.error_kind: loading gets a Retry-After, failed does not).
+    ModelNotReady: ErrorKind(503, "unavailable"),
+    ModelLoadError: ErrorKind(503, "unavailable"),
+}
+
+# Seconds a client should wait before retrying a model that is still loading.
+RETRY_AFTER_LOADING = 5
 
 
 def _percentile(sorted_values: list[float], q: float) -> float:
@@ -153,24 +192,50 @@ class RequestStats:
 
 
 class Service(Generic[T]):
-    """A model that loads in the background, with its health and request statistics.
+    """What a Space serves: its predictor (loaded in the background), health, stats and errors.
+
+    A Space with one model passes a ``loader`` returning the predictor, whose ``info``
+    (a :class:`ModelInfo`) ``/health`` reports. A Space with a registry of lazily loaded
+    models (llm-tiers' tiers) passes ``models`` and ``not_loaded``, which ``/health`` calls on
+    the loaded object every time; its ``loader`` loads what must be ready before the Space
+    answers 200 (the default tier) and returns the registry's front object.
 
     Args:
-        name: The Space's name, shown in ``/health``.
-        loader: Loads the model and describes it; runs once, in a background thread.
+        name: The Space's name, shown in ``/health`` and ``/stats``.
+        loader: Loads the predictor; runs once, in a background thread.
+        models: Name -> :class:`ModelInfo` of every loaded model; by default
+            ``{"model": predictor.info}``.
+        not_loaded: Names of configured models that are not loaded (registries only).
+        errors: The Space's own exception types and how they are answered, on top of
+            :data:`DEFAULT_ERRORS` (a subclass's entry wins over its base class's).
+        stats_extra: More ``/stats`` content (an engine's counters).
     """
 
-    def __init__(self, name: str, loader: Callable[[], tuple[T, ModelInfo]]) -> None:
+    def __init__(
+        self,
+        name: str,
+        loader: Callable[[], T],
+        *,
+        models: Callable[[T], Mapping[str, ModelInfo]] | None = None,
+        not_loaded: Callable[[T], list[str]] | None = None,
+        errors: Mapping[type[BaseException], ErrorKind] | None = None,
+        stats_extra: Callable[[], Mapping[str, Any]] | None = None,
+    ) -> None:
         self.name = name
         self.stats = RequestStats()
+        self.errors: dict[type[BaseException], ErrorKind] = {**DEFAULT_ERRORS, **(errors or {})}
         self._loader = loader
+        self._models = models or (lambda predictor: {"model": predictor.info})  # type: ignore[attr-defined]
+        self._not_loaded = not_loaded
+        self._stats_extra = stats_extra
         self._model: T | None = None
-        self._info: ModelInfo | None = None
         self._error: str | None = None
         self._started = time.monotonic()
         self._load_seconds: float | None = None
         self._ready = threading.Event()
         self._thread: threading.Thread | None = None
+
+    # -- loading ------------------------------------------------------------------------------
 
     def start_loading(self, *, background: bool = True) -> None:
         """Start loading the model (once); ``background=False`` loads before returning."""
@@ -187,16 +252,15 @@ class Service(Generic[T]):
     def _load(self) -> None:
         start = time.monotonic()
         try:
-            model, info = self._loader()
+            model = self._loader()
         except Exception as e:
             # A model that cannot load is reported on /health, not hidden in a dead thread.
             self._error = str(e) if isinstance(e, ModelLoadError) else f"{type(e).__name__}: {e}"
             logger.exception("loading the model for %s failed", self.name)
         else:
-            self._model, self._info = model, info
             self._load_seconds = time.monotonic() - start
-            logger.info("%s ready: %s on %s in %.1fs", self.name, info.ref, info.device,
-                        self._load_seconds)  # fmt: skip
+            self._model = model
+            logger.info("%s ready in %.1fs", self.name, self._load_seconds)
         finally:
             self._ready.set()
 
@@ -211,67 +275,120 @@ class Service(Generic[T]):
 
     @property
     def model(self) -> T:
-        """The loaded model; raises :class:`ModelNotReady` while loading or after a failure."""
+        """The loaded predictor; raises :class:`ModelNotReady` while loading or after a failure."""
         if self._model is None:
             if self._error:
                 raise ModelNotReady(f"the model failed to load: {self._error}", failed=True)
             raise ModelNotReady("the model is still loading; retry in a few seconds")
         return self._model
 
-    @property
-    def info(self) -> ModelInfo | None:
-        """The model's description once loaded."""
-        return self._info
+    def models(self) -> dict[str, ModelInfo]:
+        """Every loaded model by name (empty until the predictor is loaded)."""
+        if self._model is None:
+            return {}
+        infos = dict(self._models(self._model))
+        return {
+            name: info if info.load_s is not None else replace(info, load_s=self._load_seconds)
+            for name, info in infos.items()
+        }
+
+    # -- /health and /stats -------------------------------------------------------------------
 
     def health(self) -> tuple[int, dict[str, Any]]:
-        """The ``/health`` status code and body."""
+        """The ``/health`` status code and body (the same keys in every Space).
+
+        ``status`` is ``ok`` (200), ``loading`` or ``error`` (503, with ``error``); ``models``
+        maps each loaded model to its id, revision, device, precision, demo flag and load time;
+        ``not_loaded`` lists configured models that load on first use.
+        """
         body: dict[str, Any] = {
+            "status": "loading",
             "space": self.name,
             "uptime_s": round(time.monotonic() - self._started, 1),
+            "models": {name: info.to_json() for name, info in self.models().items()},
+            "not_loaded": self._not_loaded(self._model) if self._not_loaded and self._model else [],
         }
-        if self._info is not None:
-            body |= {"status": "ok", "load_s": round(self._load_seconds or 0.0, 2)}
-            body |= asdict(self._info)
-            return 200, body
+        if self._model is not None:
+            return 200, body | {"status": "ok"}
         if self._error is not None:
             return 503, body | {"status": "error", "error": self._error}
-        return 503, body | {"status": "loading"}
+        return 503, body
+
+    def stats_body(self) -> dict[str, Any]:
+        """The ``/stats`` body: readiness, request counts and latencies, and ``stats_extra``."""
+        extra = dict(self._stats_extra()) if self._stats_extra and self.ready else {}
+        return {"space": self.name, "ready": self.ready, **self.stats.snapshot(), **extra}
+
+    # -- the error boundary -------------------------------------------------------------------
+
+    def error_kind(self, exc: BaseException) -> tuple[ErrorKind, dict[str, str]] | None:
+        """How ``exc`` is answered (its kind and headers), or None for an unexpected error."""
+        for cls in type(exc).__mro__:
+            kind = self.errors.get(cls)
+            if kind is not None:
+                headers = dict(kind.headers)
+                if isinstance(exc, ModelNotReady) and not exc.failed:
+                    headers.setdefault("Retry-After", str(RETRY_AFTER_LOADING))
+                return kind, headers
+        return None
+
+    def error_response(self, exc: BaseException) -> Any:
+        """The JSON response for ``exc``: ``{"error", "error_type"}`` with its status."""
+        from fastapi.responses import JSONResponse
+
+        found = self.error_kind(exc)
+        if found is None:
+            logger.error("unexpected error", exc_info=exc)
+            return JSONResponse(
+                {"error": f"internal error: {type(exc).__name__}", "error_type": "internal"}, 500
+            )
+        kind, headers = found
+        body = {"error": kind.message(exc), "error_type": kind.error_type}
+        return JSONResponse(body, kind.status, headers=headers)
 
     def endpoint(self, name: str) -> Callable[[Callable[P, R]], Callable[P, R]]:
-        """Decorate a Gradio handler: see :func:`gradio_endpoint` (with this service's stats)."""
-        return gradio_endpoint(self.stats, name)
+        """Decorate a Gradio handler: count it in ``/stats`` as ``name``, and answer this
+        service's user errors with ``gr.Error`` carrying their message (generators too).
+
+        Anything else is logged with its traceback and answered with a short generic message,
+        so the server keeps serving.
+        """
+        return gradio_endpoint(self.stats, name, message=self._user_message)
+
+    def _user_message(self, exc: Exception) -> str | None:
+        found = self.error_kind(exc)
+        return None if found is None else found[0].message(exc)
 
 
 def gradio_endpoint(
     stats: RequestStats,
     name: str,
     *,
-    user_errors: tuple[type[Exception], ...] = (InputError, ModelNotReady),
-    message: Callable[[Exception], str] = str,
+    message: Callable[[Exception], str | None] | None = None,
 ) -> Callable[[Callable[P, R]], Callable[P, R]]:
-    """Decorate a Gradio handler: count it in ``/stats`` and turn errors into ``gr.Error``.
-
-    ``user_errors`` keep their message (through ``message``); anything else is logged with its
-    traceback and answered with a short generic message, so the server keeps serving. Generator
-    handlers (streaming) are wrapped as generators.
+    """Decorate a Gradio handler: count it in ``stats`` and turn errors into ``gr.Error``.
 
     Args:
         stats: Where the request is counted.
         name: The endpoint's name in ``/stats`` and in error messages.
-        user_errors: Exception types whose message is shown to the caller.
-        message: Turns a user error into the text shown.
+        message: The text shown for a user error, or None for an unexpected one (logged with
+            its traceback and answered with a short generic message). By default the
+            :data:`DEFAULT_ERRORS` types are user errors; a :class:`Service` passes its own.
 
     Returns:
         The decorator.
     """
+    if message is None:
+        message = _default_message
 
     def convert(e: Exception) -> Exception:
         import gradio as gr
 
         if isinstance(e, gr.Error):
             return e
-        if isinstance(e, user_errors):
-            return gr.Error(message(e))
+        text = message(e)
+        if text is not None:
+            return gr.Error(text)
         logger.exception("%s failed", name)
         return gr.Error(f"internal error in {name}: {type(e).__name__}")
 
@@ -305,6 +422,96 @@ def gradio_endpoint(
         return call
 
     return decorate
+
+
+def _default_message(exc: Exception) -> str | None:
+    return str(exc) if isinstance(exc, tuple(DEFAULT_ERRORS)) else None
+
+
+# -- predictors ---------------------------------------------------------------------------------
+
+
+class Predictor(Protocol[I, Prep, O]):
+    """A model behind a Space: preprocess -> forward -> postprocess, each testable alone.
+
+    ``preprocess`` checks and prepares one input (raising ``InputError`` for a bad one) and runs
+    on the caller's thread; ``forward`` runs the model on a batch of prepared inputs;
+    ``postprocess`` turns its outputs into one result per input.
+    """
+
+    def preprocess(self, item: I) -> Prep:
+        """Validate and prepare one input."""
+        ...
+
+    def forward(self, batch: Sequence[Prep]) -> Any:
+        """Run the model on a batch of prepared inputs."""
+        ...
+
+    def postprocess(self, outputs: Any, batch: Sequence[Prep]) -> list[O]:
+        """One result per prepared input, in order."""
+        ...
+
+
+def preprocess_all(predictor: Predictor[I, Prep, O], items: Sequence[I], *, what: str = "input"
+                   ) -> list[Prep]:  # fmt: skip
+    """Preprocess several inputs; the error names which one was bad (``input 2 of 3: ...``)."""
+    prepared = []
+    for i, item in enumerate(items):
+        try:
+            prepared.append(predictor.preprocess(item))
+        except InputError as e:
+            if len(items) == 1:
+                raise
+            raise InputError(f"{what} {i + 1} of {len(items)}: {e}") from e
+    return prepared
+
+
+def run_batch(predictor: Predictor[I, Prep, O], batch: Sequence[Prep]) -> list[O]:
+    """``postprocess(forward(batch), batch)``: the part that runs on a batcher worker."""
+    if not batch:
+        return []
+    return predictor.postprocess(predictor.forward(batch), batch)
+
+
+def predict(predictor: Predictor[I, Prep, O], items: Sequence[I], *, what: str = "input"
+            ) -> list[O]:  # fmt: skip
+    """Run the whole pipeline on ``items`` in the caller's thread, in order."""
+    return run_batch(predictor, preprocess_all(predictor, items, what=what))
+
+
+class BatchedPredictor(Generic[I, Prep, O]):
+    """A :class:`Predictor` behind a :class:`DynamicBatcher`: what a Space serves.
+
+    Concurrent callers preprocess on their own threads; their prepared inputs are batched
+    into :func:`run_batch` calls on the batcher's workers. The composition is the same as
+    :func:`predict`'s, so the served path is the tested one.
+
+    Args:
+        predictor: The model.
+        what: How an input is named in errors ("text").
+        **batcher: :class:`DynamicBatcher` options (``max_batch_size``, ``workers``, ``cost``,
+            ``max_batch_cost``, ``name``).
+    """
+
+    def __init__(self, predictor: Predictor[I, Prep, O], *, what: str = "input",
+                 **batcher: Any) -> None:  # fmt: skip
+        self.predictor = predictor
+        self.what = what
+        self.batcher: DynamicBatcher[Prep, O] = DynamicBatcher(
+            lambda batch: run_batch(predictor, batch), **batcher
+        )
+
+    @property
+    def info(self) -> ModelInfo:
+        """The predictor's :class:`ModelInfo` (for ``/health``)."""
+        return self.predictor.info  # type: ignore[attr-defined]
+
+    def predict(self, items: Sequence[I], timeout: float | None = None) -> list[O]:
+        """Validate every input (the error names the bad one), then run them batched."""
+        if not items:
+            return []
+        return self.batcher.submit_many(preprocess_all(self.predictor, items, what=self.what),
+                                        timeout)  # fmt: skip
 
 
 class DynamicBatcher(Generic[T, R]):
@@ -439,7 +646,12 @@ class DynamicBatcher(Generic[T, R]):
 
 
 def install_routes(app: Any, service: Service[Any]) -> None:
-    """Add ``GET /health``, ``GET /stats`` and the JSON error boundary to a FastAPI app.
+    """Add ``GET /health``, ``GET /stats`` and the one JSON error boundary to a FastAPI app.
+
+    Every error is ``{"error", "error_type"}`` with the status of its :class:`ErrorKind`:
+    user errors keep their message, a model still loading is 503 with ``Retry-After``, a
+    failed load 503 without it, a body that fails validation 422 (counted in ``/stats`` under
+    its route), unknown routes 404 and wrong methods 405, anything unexpected 500.
 
     Args:
         app: The FastAPI application (routes must be added before Gradio is mounted at "/").
@@ -448,6 +660,7 @@ def install_routes(app: Any, service: Service[Any]) -> None:
     from fastapi import Request
     from fastapi.exceptions import RequestValidationError
     from fastapi.responses import JSONResponse
+    from starlette.exceptions import HTTPException
 
     @app.get("/health", tags=["service"])
     def health() -> JSONResponse:
@@ -456,11 +669,15 @@ def install_routes(app: Any, service: Service[Any]) -> None:
 
     @app.get("/stats", tags=["service"])
     def stats() -> dict[str, Any]:
-        return {"space": service.name, "ready": service.ready, **service.stats.snapshot()}
+        return service.stats_body()
 
-    @app.exception_handler(InputError)
-    async def input_error(_: Request, exc: InputError) -> JSONResponse:
-        return JSONResponse({"error": str(exc), "error_type": "validation"}, status_code=422)
+    async def known_error(_: Request, exc: Exception) -> JSONResponse:
+        return service.error_response(exc)  # type: ignore[no-any-return]
+
+    for exc_type in service.errors:
+        app.add_exception_handler(exc_type, known_error)
+    # Anything else: logged with its traceback, answered 500 with the same body shape.
+    app.add_exception_handler(Exception, known_error)
 
     @app.exception_handler(RequestValidationError)
     async def body_error(request: Request, exc: RequestValidationError) -> JSONResponse:
@@ -469,19 +686,117 @@ def install_routes(app: Any, service: Service[Any]) -> None:
         route = request.scope.get("route")
         service.stats.record(getattr(route, "name", request.url.path), None, ok=False)
         return JSONResponse(
-            {"error": _describe_validation(exc), "error_type": "validation"}, status_code=422
+            {"error": describe_validation(exc), "error_type": "validation"}, status_code=422
         )
 
-    @app.exception_handler(ModelNotReady)
-    async def not_ready(_: Request, exc: ModelNotReady) -> JSONResponse:
+    @app.exception_handler(HTTPException)
+    async def http_error(_: Request, exc: HTTPException) -> JSONResponse:
+        kinds = {404: "not_found", 405: "method_not_allowed", 413: "payload_too_large"}
         return JSONResponse(
-            {"error": str(exc), "error_type": "unavailable"},
-            status_code=503,
-            headers={} if exc.failed else {"Retry-After": "5"},
+            {"error": str(exc.detail), "error_type": kinds.get(exc.status_code, "http")},
+            exc.status_code,
+            headers=dict(exc.headers or {}),
         )
 
 
-def _describe_validation(exc: Any) -> str:
+def mount_gradio(app: Any, blocks: Any, **kwargs: Any) -> Any:
+    """Mount a Gradio app at "/" on the Space's FastAPI app, keeping the error contract.
+
+    Gradio at "/" receives every path no route of ``app`` took, so an unknown path would get
+    Gradio's ``{"detail": "Not Found"}`` and a wrong method on an API route (``POST /health``)
+    a 404. Here the first answers ``{"error", "error_type": "not_found"}`` and the second 405
+    with ``Allow``; Gradio's own errors are left as they are.
+
+    Args:
+        app: The FastAPI app, its routes (and ``install_routes``) already added.
+        blocks: The Gradio Blocks, queued.
+        **kwargs: More ``gr.mount_gradio_app`` options (``max_file_size``, ...).
+
+    Returns:
+        The app to serve.
+    """
+    import gradio as gr
+    from fastapi.exception_handlers import http_exception_handler
+    from fastapi.responses import JSONResponse
+    from starlette.exceptions import HTTPException
+    from starlette.requests import Request
+    from starlette.routing import Match, Mount
+
+    own_routes = list(app.routes)  # before the mount: the Space's routes and routers
+    app = gr.mount_gradio_app(app, blocks, path="/", **kwargs)
+    gradio_app = next(r.app for r in reversed(app.routes) if isinstance(r, Mount))
+
+    def allowed_methods(scope: dict[str, Any]) -> list[str]:
+        """The methods the Space's own routes answer on this path (asking each route, so
+        routes of included routers count too)."""
+        allowed = set()
+        for method in ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE"):
+            probe = {**scope, "method": method}
+            if any(route.matches(probe)[0] == Match.FULL for route in own_routes):
+                allowed.add(method)
+        return sorted(allowed)
+
+    async def unmatched(request: Request, exc: HTTPException) -> Any:
+        if exc.status_code != 404 or exc.detail != "Not Found":  # one of Gradio's own
+            return await http_exception_handler(request, exc)
+        path = request.url.path
+        scope = {**request.scope, "path": path, "root_path": ""}
+        allowed = allowed_methods(scope)
+        if allowed:
+            return JSONResponse(
+                {"error": f"{request.method} is not allowed on {path}; use "
+                 f"{' or '.join(allowed)}", "error_type": "method_not_allowed"},
+                405,
+                headers={"Allow": ", ".join(allowed)},
+            )  # fmt: skip
+        return JSONResponse({"error": f"no route {path}", "error_type": "not_found"}, 404)
+
+    gradio_app.add_exception_handler(HTTPException, unmatched)
+    return app
+
+
+def loading_banner(demo: Any, note: Callable[[], tuple[str, bool]], *, every: float = 2.0) -> Any:
+    """A Markdown note that follows the model's load, for a Space's UI.
+
+    It is filled on page load, then refreshed every ``every`` seconds until ``note`` says the
+    load is over (loaded or failed), when the timer stops: a page opened during the load would
+    otherwise say "loading" until reloaded. Call it inside ``demo``'s ``with`` block, where the
+    note should appear.
+
+    Args:
+        demo: The Blocks being built.
+        note: Returns the note's text and whether the model is still loading.
+        every: Seconds between refreshes while loading.
+
+    Returns:
+        The Markdown component.
+    """
+    import gradio as gr
+
+    markdown = gr.Markdown()
+    timer = gr.Timer(every)
+
+    def refresh() -> tuple[str, Any]:
+        text, loading = note()
+        return text, gr.Timer(active=loading)
+
+    gr.on([demo.load, timer.tick], refresh, outputs=[markdown, timer], api_visibility="private",
+          queue=False, show_progress="hidden")  # fmt: skip
+    return markdown
+
+
+def launch(app: Any, service: Service[Any], *, host: str, port: int) -> None:
+    """What a Space's ``if __name__ == "__main__":`` does: configure logging, start loading the
+    model in the background, and serve ``app`` until interrupted."""
+    logging.basicConfig(
+        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    service.start_loading()
+    serve(app, host=host, port=port)
+
+
+def describe_validation(exc: Any) -> str:
+    """A pydantic/FastAPI validation error as one line: ``where: message; ...``."""
     parts = []
     for err in exc.errors():
         where = ".".join(str(p) for p in err.get("loc", ()) if p != "body") or "body"

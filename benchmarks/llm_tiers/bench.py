@@ -12,20 +12,23 @@ four tiers through the Space's own registry (they share the weights), and measur
 - peak RSS with all four tiers loaded.
 
 Every request generates exactly ``--new-tokens`` tokens (end-of-sequence ignored) from the same
-prompt length, greedy. Prints a markdown table and, with ``--write-readme``, puts it into the
-Space README between the ``bench:start`` / ``bench:end`` markers.
+prompt length, greedy. Prints a markdown table and, with ``--write``, puts it, with the machine,
+the date and the command, into ``benchmarks/results/llm-tiers.md`` between the ``bench:start`` /
+``bench:end`` markers (the text around them is written by people and kept).
 
-Run: ``.venv/bin/python benchmarks/llm_tiers/bench.py --write-readme`` from the repo root.
+Run: ``.venv/bin/python benchmarks/llm_tiers/bench.py --write`` from the repo root.
 """
 
 from __future__ import annotations
 
 import argparse
+import datetime as dt
 import json
 import logging
 import os
 import platform
 import resource
+import shlex
 import shutil
 import subprocess
 import sys
@@ -42,10 +45,12 @@ sys.path.insert(0, str(ROOT))
 
 import torch  # noqa: E402
 
-from engine import GenerationRequest  # noqa: E402
-from tiers import TierRegistry, load_config  # noqa: E402
+from shared.llm import CausalLMRegistry, GenerationRequest  # noqa: E402
+from tiers import TierRegistry, load_space_config  # noqa: E402
 
 logger = logging.getLogger("bench")
+
+RESULTS = ROOT / "benchmarks" / "results" / "llm-tiers.md"
 
 PROMPT = "Write a short summary of the quarterly report for our customers."
 
@@ -201,16 +206,37 @@ def table(rows: list[Row], meta: dict[str, str]) -> str:
     return "\n".join(lines)
 
 
-def write_readme(text: str) -> None:
-    """Replace the block between the benchmark markers of the Space README."""
-    readme = SPACE / "README.md"
-    content = readme.read_text(encoding="utf-8")
+def machine() -> str:
+    """The CPU's model name and core count, e.g. ``AMD EPYC 7R13, 2 CPU cores (x86_64)``."""
+    name = platform.processor() or "unknown CPU"
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                name = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return f"{name}, {os.cpu_count()} CPU cores ({platform.machine()})"
+
+
+def write_results(text: str, command: str, path: Path = RESULTS) -> None:
+    """Replace the block between the benchmark markers of the results file (made if missing)."""
     start, end = "<!-- bench:start -->", "<!-- bench:end -->"
+    stamp = (
+        f"Measured {dt.datetime.now().astimezone():%Y-%m-%d %H:%M %Z} on {machine()}.\n\n"
+        f"Command: `{command}`\n\n"
+    )
+    content = (
+        path.read_text(encoding="utf-8")
+        if path.is_file()
+        else f"# llm-tiers: benchmark results\n\n{start}\n{end}\n"
+    )
     if start not in content or end not in content:
-        raise SystemExit(f"{readme} lacks the {start} / {end} markers")
+        raise SystemExit(f"{path} lacks the {start} / {end} markers")
     head, rest = content.split(start, 1)
     _, tail = rest.split(end, 1)
-    readme.write_text(f"{head}{start}\n{text}\n{end}{tail}", encoding="utf-8")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(f"{head}{start}\n{stamp}{text}\n{end}{tail}", encoding="utf-8")
 
 
 def main() -> None:
@@ -222,10 +248,9 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=2, help="runs per configuration (best kept)")
     parser.add_argument("--streams", type=int, default=8, help="concurrent streams")
     parser.add_argument("--cb-timeout", type=float, default=150, help="seconds for generate_batch")
-    parser.add_argument("--write-readme", action="store_true", help="update the Space README")
+    parser.add_argument("--write", action="store_true", help=f"update {RESULTS.relative_to(ROOT)}")
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
-    torch.set_grad_enabled(False)
 
     folder = Path(tempfile.mkdtemp(prefix="llm-tiers-bench-"))
     try:
@@ -235,8 +260,10 @@ def main() -> None:
               flush=True)  # fmt: skip
         tiers = ["base", "company", "abstraction", "user"]
         overrides = {f"TIER_{name.upper()}_MODEL": str(folder) for name in tiers}
-        config = load_config(SPACE / "tiers.yaml", overrides)
-        registry = TierRegistry(config, device="cpu")
+        config = load_space_config(SPACE / "config.yaml", overrides)
+        registry = TierRegistry(
+            config, CausalLMRegistry(memory_budget_gb=config.memory_budget_gb, device="cpu")
+        )
         for name in tiers:
             registry.get(name)
         rss = rss_peak_mb()
@@ -273,7 +300,7 @@ def main() -> None:
 
         meta = {
             "model": f"random MistralForCausalLM, {params / 1e6:.0f}M parameters, fp32",
-            "machine": f"{os.cpu_count()} CPU cores ({platform.machine()})",
+            "machine": machine(),
             "prompt_tokens": str(len(ids)),
             "new_tokens": str(new),
             "repeats": str(args.repeats),
@@ -282,9 +309,12 @@ def main() -> None:
         text = table(rows, meta)
         print()
         print(text)
-        if args.write_readme:
-            write_readme(text)
-            print(f"\nwrote the table into {SPACE / 'README.md'}")
+        if args.write:
+            command = shlex.join(
+                [".venv/bin/python", "benchmarks/llm_tiers/bench.py", *sys.argv[1:]]
+            )
+            write_results(text, command)
+            print(f"\nwrote the table into {RESULTS}")
     finally:
         shutil.rmtree(folder, ignore_errors=True)
 

@@ -16,9 +16,12 @@ code; ``CLIENT=shared`` drives it with one gradio_client ``Client`` shared by th
 (a backend's one client per process) instead of one ``Client`` per thread (the default,
 ``CLIENT=per-thread``, what ``bench.py`` does).
 
+Prints the table and adds it, with the machine, the date and the command, to the ``ab``
+section of ``benchmarks/results/toxic-classifier.md``.
+
 Examples:
-    # int8 in ONNX Runtime (the default) against torch's eager int8
-    python -m benchmarks.toxic_classifier.ab --config onnxruntime --config torch RUNTIME=torch
+    # two batches on one thread each (config.yaml) against one batch on every core
+    python -m benchmarks.toxic_classifier.ab --config two-workers --config one BATCH_WORKERS=1
     # Gradio's analytics summary after every request (its default) against every 1,000
     python -m benchmarks.toxic_classifier.ab --noop --config every-1000 \
         --config every-1 GRADIO_ANALYTICS_CACHE_FREQUENCY=1
@@ -37,7 +40,9 @@ import argparse
 import contextlib
 import itertools
 import logging
+import shlex
 import statistics
+import sys
 import threading
 import time
 from collections.abc import Sequence
@@ -46,6 +51,7 @@ from pathlib import Path
 from typing import NamedTuple
 
 from benchmarks.toxic_classifier.bench import HIGH_CONCURRENCY, CpuMeter, server
+from benchmarks.toxic_classifier.results import stamp, write_section
 from benchmarks.toxic_classifier.workload import build_model, make_texts
 from scripts.launcher import stop_spaces_on_sigterm
 
@@ -194,17 +200,28 @@ def main(argv: list[str] | None = None) -> int:
                         "  ".join(f"{n} {b[-1].rps:.1f}" for n, b in bursts.items()))  # fmt: skip
     baseline = servers[0][1].name
     first = statistics.median(b.rps for b in bursts[baseline])
-    print(f"\n{args.length} texts, concurrency {HIGH_CONCURRENCY}, {args.rounds} interleaved "
-          f"bursts of {args.requests} requests each; CPU in ms per request, medians\n")  # fmt: skip
-    print(f"| configuration | median req/s | range | vs {baseline} | server CPU | client CPU |")
-    print("|---|---:|---:|---:|---:|---:|")
+    lines = [
+        f"{args.length.capitalize()} texts, concurrency {HIGH_CONCURRENCY}, {args.rounds} "
+        f"interleaved bursts of {args.requests} requests each; CPU in ms per request, medians.",
+        "",
+        f"| configuration | median req/s | range | vs {baseline} | server CPU | client CPU |",
+        "|---|---:|---:|---:|---:|---:|",
+    ]
     for name, values in bursts.items():
         rates = [b.rps for b in values]
         median = statistics.median(rates)
         server_ms = statistics.median(b.server_ms for b in values)
         client_ms = statistics.median(b.client_ms for b in values)
-        print(f"| {name} | {median:.1f} | {min(rates):.1f}-{max(rates):.1f} | "
-              f"{median / first:.2f}x | {server_ms:.1f} | {client_ms:.1f} |")  # fmt: skip
+        lines.append(f"| {name} | {median:.1f} | {min(rates):.1f}-{max(rates):.1f} | "
+                     f"{median / first:.2f}x | {server_ms:.1f} | {client_ms:.1f} |")  # fmt: skip
+    table = "\n".join(lines) + "\n"
+    print(f"\n{table}")
+    command = shlex.join(
+        ["python", "-m", "benchmarks.toxic_classifier.ab", *(argv or sys.argv[1:])]
+    )
+    entry = f"{stamp(command)}\n{table}"
+    path = write_section("ab", entry, heading="ab.py: interleaved comparisons", append=True)
+    print(f"wrote {path}")
     return 0
 
 

@@ -5,21 +5,22 @@ gradio_client at concurrency 1 and 16 with short (~20 words) and long (~200 word
 
 * baseline: the naive Space (``naive_app.py``: fp32 ``pipeline`` per request, no batching);
 * candidates: the real Space (``spaces/toxic-classifier/app.py``) at each precision asked for
-  (``int8`` is the Space's default, an int8 ONNX export in ONNX Runtime; ``int8-torch`` is
-  torch's eager dynamic int8, the Space's ``RUNTIME=torch``);
+  (``int8`` is the Space's default, an int8 ONNX export in ONNX Runtime);
 * ceilings: the bare model in this process (``ToxicityClassifier`` preprocessing and forward
   pass on batches, best batch size and thread layout) and the real server with a no-op model
   (``noop_app.py``).
+
+``int8-torch`` (torch's eager dynamic int8) is a measured alternative, not a Space setting: it
+is measured in this process only (bare model and precision drift), never served.
 
 Also checks that int8/bf16 keep p(harmful) within 0.02 of fp32 on the evaluation set.
 
 Usage (from the monorepo root; ``make bench-toxic`` runs the first line):
     python -m benchmarks.toxic_classifier.bench [--quick] [--precisions int8,int8-torch,fp32,bf16]
         [--rounds 2]
-        [--single-thread int8] [--readme]
 
-Prints a markdown report and writes it to ``benchmarks/results/toxic_classifier.md``;
-``--readme`` also puts it in the Space README between the bench markers.
+Prints a markdown report and puts it in ``benchmarks/results/toxic-classifier.md`` between the
+``bench`` markers, with the machine, the date and the command.
 """
 
 from __future__ import annotations
@@ -31,7 +32,6 @@ import gc
 import itertools
 import logging
 import os
-import platform
 import statistics
 import sys
 import tempfile
@@ -44,6 +44,7 @@ from pathlib import Path
 
 import psutil
 
+from benchmarks.toxic_classifier.results import machine, write_section
 from benchmarks.toxic_classifier.workload import (
     ROOT,
     SPACE_DIR,
@@ -54,22 +55,16 @@ from benchmarks.toxic_classifier.workload import (
     token_counts,
 )
 from scripts.launcher import ONNX_CACHE_DIR, RunningSpace, start_space, stop_spaces_on_sigterm
+from shared.serving import preprocess_all
 
 logger = logging.getLogger("bench")
 
 HERE = Path(__file__).resolve().parent
-RESULTS = ROOT / "benchmarks" / "results" / "toxic_classifier.md"
-README = SPACE_DIR / "README.md"
-START, END = "<!-- bench:start -->", "<!-- bench:end -->"
 TOLERANCE = 0.02
 HIGH_CONCURRENCY = 16
-# --precisions choice -> the Space's (PRECISION, RUNTIME)
-ENGINES = {
-    "fp32": ("fp32", "torch"),
-    "bf16": ("bf16", "torch"),
-    "int8": ("int8", "onnxruntime"),
-    "int8-torch": ("int8", "torch"),
-}
+# --precisions choices the Space serves (its PRECISION), and those measured in process only.
+SERVED = ("fp32", "bf16", "int8")
+IN_PROCESS = ("int8-torch",)
 
 
 @dataclass(frozen=True)
@@ -150,15 +145,40 @@ class Results:
 
 
 def _load_classifier(model_dir: Path, precision: str, threads: int | None = None):
+    """The Space's predictor on ``model_dir`` at ``precision`` (a ``--precisions`` choice).
+
+    ``int8-torch`` is the fp32 model with torch's eager dynamic int8 Linear layers, built here:
+    the Space itself runs int8 only as its ONNX export in ONNX Runtime.
+    """
     if str(SPACE_DIR) not in sys.path:
         sys.path.insert(0, str(SPACE_DIR))
-    from classifier import CONFIG_PATH, ClassifierConfig, ToxicityClassifier
+    from predictor import ToxicityClassifier, load_settings
+    from shared.labels import LABEL_MAP_FILENAME
 
-    dtype, runtime = ENGINES[precision]
-    config = ClassifierConfig.load(
-        CONFIG_PATH, model_id=str(model_dir), precision=dtype, runtime=runtime
+    dtype = "fp32" if precision == "int8-torch" else precision
+    settings = load_settings().model_copy(update={"model_id": str(model_dir), "precision": dtype})
+    clf = ToxicityClassifier.load(settings, threads=threads, cache_dir=ONNX_CACHE_DIR)
+    if precision != "int8-torch":
+        return clf
+    import warnings
+
+    import torch
+    from torch.ao.quantization import quantize_dynamic
+
+    # torch deprecates eager-mode quantization in favour of torchao, which has no CPU int8
+    # dynamic path on this torch build; the eager one is still shipped and measured here.
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", (DeprecationWarning, UserWarning))
+        model = quantize_dynamic(clf.model, {torch.nn.Linear}, dtype=torch.qint8)
+    return ToxicityClassifier(
+        model,
+        clf.tokenizer,
+        settings.model_copy(update={"precision": "int8"}),
+        clf.model_ref,
+        demo=clf.demo,
+        label_map_file=model_dir / LABEL_MAP_FILENAME,
+        threads=threads,
     )
-    return ToxicityClassifier.load(config, num_threads=threads, cache_dir=ONNX_CACHE_DIR)
 
 
 def _margins(clf, texts: list[str]):  # noqa: ANN001
@@ -167,7 +187,7 @@ def _margins(clf, texts: list[str]):  # noqa: ANN001
 
     probs = []
     for i in range(0, len(texts), 16):
-        p, _ = clf.forward(clf.preprocess_all(texts[i : i + 16]))
+        p = clf.forward(preprocess_all(clf, texts[i : i + 16], what="text"))
         probs.append(p.double().numpy())
     p = np.concatenate(probs)
     harmful = clf.raw_labels.index("LABEL_1")
@@ -197,7 +217,7 @@ def _forward_rate(clf, texts: list[str], workers: int, seconds: float) -> tuple[
     """Texts/s of ``workers`` threads each classifying ``texts`` for ``seconds``, and the
     process's CPU ms per text meanwhile (no server runs during this part of the benchmark).
 
-    One batch is ``clf.forward(clf.preprocess_all(texts))``: normalisation, tokenizer and model,
+    One batch is ``clf.forward(preprocess_all(clf, texts))``: normalisation, tokenizer and model,
     the work the Space does per batch, with none of the server's.
     """
     done = [0] * workers
@@ -206,7 +226,7 @@ def _forward_rate(clf, texts: list[str], workers: int, seconds: float) -> tuple[
 
     def work(i: int) -> None:
         while done[i] == 0 or time.perf_counter() - start < seconds:
-            clf.forward(clf.preprocess_all(texts))
+            clf.forward(preprocess_all(clf, texts))
             done[i] += len(texts)
 
     threads = [threading.Thread(target=work, args=(i,)) for i in range(workers)]
@@ -222,7 +242,7 @@ def _preprocess_ms(clf, texts: list[str], seconds: float) -> float:  # noqa: ANN
     """CPU ms per text of ``clf.preprocess`` alone (limits, normalisation, tokenizer)."""
     done, cpu, start = 0, time.process_time(), time.perf_counter()
     while done == 0 or time.perf_counter() - start < seconds:
-        clf.preprocess_all(texts)
+        preprocess_all(clf, texts)
         done += len(texts)
     return 1000 * (time.process_time() - cpu) / done
 
@@ -270,7 +290,7 @@ def bare_model(
                 if workers > 1:
                     setting = f"{workers} x {setting}"
                 sample = list(itertools.islice(itertools.cycle(batch.texts), size))
-                clf.forward(clf.preprocess_all(sample))  # warm-up
+                clf.forward(preprocess_all(clf, sample))  # warm-up
                 rps, cpu_ms = _forward_rate(clf, sample, workers, plan.bare_s)
                 logger.info("bare %s %s batch %d, threads %s: %.1f req/s, %.1f CPU ms/text",
                             precision, batch.name, size, setting, rps, cpu_ms)  # fmt: skip
@@ -436,8 +456,9 @@ def server(
     ``checkout``: serve the Space (and its ``shared``) from another checkout of this repository,
     e.g. a ``git worktree`` of an earlier commit, to compare two versions of the code.
     """
-    dtype, runtime = ENGINES[precision]
-    env = {"MODEL_ID": str(model_dir), "PRECISION": dtype, "RUNTIME": runtime}
+    if precision not in SERVED:
+        raise ValueError(f"the Space serves {', '.join(SERVED)}, not {precision!r}")
+    env = {"MODEL_ID": str(model_dir), "PRECISION": precision}
     env["TRANSFORMERS_VERBOSITY"] = "error"
     env |= extra_env or {}
     if kind == "space":
@@ -556,30 +577,11 @@ def measure_server(
 # -- report -------------------------------------------------------------------------------------
 
 
-def _cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown CPU"
-
-
-def _cpu_flags() -> str:
-    try:
-        text = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return ""
-    flags = sorted({f for f in text.split() if f.startswith(("avx512", "amx"))})
-    return ", ".join(flags)
-
-
 BASELINE = "naive (fp32 pipeline, no batching)"
 
 
-def _space_label(precision: str, threads: int | None = None) -> str:
-    return f"Space {precision}" + (f", {threads} thread" if threads else "")
+def _space_label(precision: str) -> str:
+    return f"Space {precision}"
 
 
 def lower_ceiling(res: Results, precision: str, length: str) -> float | None:
@@ -627,9 +629,8 @@ def report(res: Results, precisions: Sequence[str], command: str, loads: list[st
     import torch
 
     lines = [
-        f"Measured {dt.datetime.now().astimezone():%Y-%m-%d %H:%M %Z} on {_cpu_model()}, "
-        f"{psutil.cpu_count(logical=True)} logical cores ({_cpu_flags()}), "
-        f"{psutil.virtual_memory().total / 2**30:.0f} GB RAM, no GPU; torch {torch.__version__}, "
+        f"Measured {dt.datetime.now().astimezone():%Y-%m-%d %H:%M %Z} on {machine()}; "
+        f"torch {torch.__version__}, "
         f"onnxruntime {onnxruntime.__version__}, "
         f"{torch.get_num_threads()} intra-op threads. Load average (1 min) before/after: "
         f"{' / '.join(loads)}.",
@@ -642,15 +643,16 @@ def report(res: Results, precisions: Sequence[str], command: str, loads: list[st
         "",
         "Model: BertForSequenceClassification with AraBERT v02 dimensions (768 hidden, 12 layers, "
         "12 heads, 3072 intermediate, 64,000-token vocabulary), random weights; `int8` is the "
-        "Space's default runtime, the model exported to int8 ONNX and run by ONNX Runtime, and "
-        "`int8-torch` is torch's eager dynamic int8 (`RUNTIME=torch`). Texts cut from "
+        "Space's int8, the model exported to int8 ONNX and run by ONNX Runtime, and "
+        "`int8-torch` is torch's eager dynamic int8, measured in process only (the Space does "
+        "not serve it). Texts cut from "
         "`data/eval.jsonl`: "
         + ", ".join(
             f"{name} = {lo}-{hi} tokens (mean {mean:.0f})"
             for name, (lo, hi, mean) in res.tokens.items()
         )
-        + ". The load generator (gradio_client, one `Client` per thread) runs on the same 2 cores "
-        "as the server, for the baseline and the candidates alike.",
+        + ". The load generator (gradio_client, one `Client` per thread) runs on the same "
+        f"{_cores()} cores as the server, for the baseline and the candidates alike.",
         "",
         "| configuration | text | concurrency | req/s | p50 ms | p95 ms | peak RSS MB "
         "| server CPU ms/req | load generator CPU ms/req | x baseline | % of lower ceiling |",
@@ -791,19 +793,6 @@ def targets(res: Results) -> list[str]:
     return out
 
 
-def write_readme(section: str, path: Path = README) -> None:
-    """Replace the text between the bench markers, adding a "## Speed" section the first time."""
-    text = path.read_text(encoding="utf-8")
-    block = f"{START}\n{section}{END}"
-    if START in text and END in text:
-        head, rest = text.split(START, 1)
-        _, tail = rest.split(END, 1)
-        text = head + block + tail
-    else:
-        text = text.rstrip("\n") + "\n\n## Speed\n\n" + block + "\n"
-    path.write_text(text, encoding="utf-8")
-
-
 # -- main ---------------------------------------------------------------------------------------
 
 
@@ -813,13 +802,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--precisions",
         default="int8",
-        help="Space precisions to serve (fp32,int8,int8-torch,bf16; int8 runs in ONNX Runtime)",
-    )
-    parser.add_argument(
-        "--single-thread",
-        default="none",
-        help="precisions also served with one intra-op thread, TORCH_NUM_THREADS=1 "
-        "(comma-separated, or none)",
+        help="precisions to measure (fp32,int8,bf16 served by the Space, int8 in ONNX Runtime; "
+        "int8-torch in this process only)",
     )
     parser.add_argument(
         "--rounds",
@@ -828,18 +812,16 @@ def main(argv: list[str] | None = None) -> int:
         help="measure everything this many times, alternating, and keep each row's best "
         "(this VM's speed drifts by 10-40%% over minutes)",
     )
-    parser.add_argument("--readme", action="store_true", help="write the table into the README")
     args = parser.parse_args(argv)
     stop_spaces_on_sigterm()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     logging.getLogger("httpx").setLevel(logging.WARNING)
     precisions = [p.strip() for p in args.precisions.split(",") if p.strip()]
-    bad = sorted(set(precisions) - set(ENGINES))
+    bad = sorted(set(precisions) - {*SERVED, *IN_PROCESS})
     if bad:
-        parser.error(f"unknown precision(s) {bad}; choose from {', '.join(ENGINES)}")
+        parser.error(f"unknown precision(s) {bad}; choose from {', '.join(SERVED + IN_PROCESS)}")
     if args.rounds < 1:
         parser.error("--rounds must be at least 1")
-    single = {p.strip() for p in args.single_thread.split(",")} & set(precisions)
     plan = QUICK if args.quick else FULL
     command = "python -m benchmarks.toxic_classifier.bench " + " ".join(
         argv if argv is not None else sys.argv[1:]
@@ -866,14 +848,10 @@ def main(argv: list[str] | None = None) -> int:
         res.matmul = (max(res.matmul[0], rates[0]), max(res.matmul[1], rates[1]))
         logger.info("matmul: fp32 %.0f GFLOP/s, int8 %.0f GOP/s", *rates)
         measure_server(BASELINE, "naive", model_dir, "fp32", texts, plan, res)
-        for precision in precisions:
-            variants = [None, 1] if precision in single else [None]
-            for threads in variants:
-                label = _space_label(precision, threads)
-                res.candidates[label] = precision
-                extra = {"TORCH_NUM_THREADS": str(threads)} if threads else None
-                measure_server(label, "space", model_dir, precision, texts, plan, res,
-                               extra_env=extra)  # fmt: skip
+        for precision in (p for p in precisions if p in SERVED):
+            label = _space_label(precision)
+            res.candidates[label] = precision
+            measure_server(label, "space", model_dir, precision, texts, plan, res)
         measure_server(
             "no-op model (server ceiling)", "noop", model_dir, "fp32", texts, plan, res,
             concurrencies=(HIGH_CONCURRENCY,),
@@ -883,12 +861,8 @@ def main(argv: list[str] | None = None) -> int:
     section = report(res, precisions, command.strip(), loads)
     section += f"\nWhole run: {statistics.fmean([time.monotonic() - started]) / 60:.1f} min.\n"
     print(section)
-    RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    RESULTS.write_text(section, encoding="utf-8")
-    logger.info("wrote %s", RESULTS)
-    if args.readme:
-        write_readme(section)
-        logger.info("updated %s", README)
+    path = write_section("bench", section, heading="bench.py: the Space against the naive Space")
+    logger.info("wrote %s", path)
     return 0
 
 

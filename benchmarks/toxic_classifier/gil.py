@@ -5,12 +5,17 @@ in the same process. This measures the bare model (``ToxicityClassifier.forward`
 texts, tokenized beforehand) alone and beside a thread that runs pure Python for a given share
 of every 2 ms, for both int8 runtimes, interleaved:
 
-* ``torch``: eager dynamic int8; the forward pass drops and retakes the GIL at every operator,
-  so each retake can wait for the other thread's switch interval;
-* ``onnxruntime``: the int8 ONNX export; ``session.run`` drops the GIL once for the whole graph.
+* ``torch``: eager dynamic int8 (built here; the Space does not serve it); the forward pass
+  drops and retakes the GIL at every operator, so each retake can wait for the other thread's
+  switch interval;
+* ``onnxruntime``: the int8 ONNX export the Space serves; ``session.run`` drops the GIL once for
+  the whole graph.
 
 Usage (from the monorepo root):
     python -m benchmarks.toxic_classifier.gil [--seconds 3] [--rounds 2]
+
+Prints the table and puts it in ``benchmarks/results/toxic-classifier.md`` between the ``gil``
+markers, with the machine, the date and the command.
 """
 
 from __future__ import annotations
@@ -18,11 +23,15 @@ from __future__ import annotations
 import argparse
 import itertools
 import logging
+import shlex
+import sys
 import threading
 import time
 
 from benchmarks.toxic_classifier.bench import _load_classifier
+from benchmarks.toxic_classifier.results import stamp, write_section
 from benchmarks.toxic_classifier.workload import build_model, make_texts
+from shared.serving import preprocess_all
 
 DUTIES = (0.0, 0.2, 0.5)
 PERIOD_S = 0.002
@@ -63,7 +72,7 @@ def main(argv: list[str] | None = None) -> int:
     short, _ = make_texts()
     engines = {"torch": "int8-torch", "onnxruntime": "int8"}
     classifiers = {name: _load_classifier(model_dir, key) for name, key in engines.items()}
-    batch = {name: clf.preprocess_all(short.texts) for name, clf in classifiers.items()}
+    batch = {name: preprocess_all(clf, short.texts) for name, clf in classifiers.items()}
     results: dict[tuple[str, float], list[float]] = {}
     busy = Busy()
     try:
@@ -81,15 +90,26 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         busy.close()
 
-    print(f"\nbare int8 model, 16 short texts per forward pass, best of {args.rounds} rounds "
-          f"(req/s); the other thread holds the GIL for the given share of every "
-          f"{PERIOD_S * 1000:.0f} ms\n")  # fmt: skip
-    print("| runtime | " + " | ".join(f"other thread {d:.0%}" for d in DUTIES) + " |")
-    print("|---|" + "---:|" * len(DUTIES))
+    lines = [
+        f"Bare int8 model, 16 short texts per forward pass, best of {args.rounds} rounds "
+        f"(req/s); the other thread holds the GIL for the given share of every "
+        f"{PERIOD_S * 1000:.0f} ms.",
+        "",
+        "| runtime | " + " | ".join(f"other thread {d:.0%}" for d in DUTIES) + " |",
+        "|---|" + "---:|" * len(DUTIES),
+    ]
     for name in classifiers:
         row = [max(results[(name, duty)]) for duty in DUTIES]
         cells = [f"{row[0]:.1f}"] + [f"{r:.1f} ({r / row[0]:.0%})" for r in row[1:]]
-        print(f"| {name} | " + " | ".join(cells) + " |")
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    table = "\n".join(lines) + "\n"
+    print(f"\n{table}")
+    command = shlex.join(
+        ["python", "-m", "benchmarks.toxic_classifier.gil", *(argv or sys.argv[1:])]
+    )
+    entry = f"{stamp(command)}\n{table}"
+    path = write_section("gil", entry, heading="gil.py: int8 runtimes and the GIL")
+    print(f"wrote {path}")
     return 0
 
 

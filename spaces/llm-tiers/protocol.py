@@ -14,7 +14,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from engine import GenerationResult, TokenEvent
+from shared.llm import GenerationResult, TokenEvent
 
 _STRICT = ConfigDict(strict=True, extra="ignore")
 

@@ -1,39 +1,36 @@
-"""Tier configuration and the model registry.
+"""Tier configuration and the tier registry.
 
-``tiers.yaml`` maps each tier (``base``, ``company``, ``abstraction``, ``user``) to a model (Hub
+``config.yaml`` maps each tier (``base``, ``company``, ``abstraction``, ``user``) to a model (Hub
 id or local path, revision), or to a PEFT adapter on another tier's model, plus dtype, system
-prompt, generation defaults and limits. ``TIER_<NAME>_<FIELD>`` environment variables override it
-(``app.py`` reads them and passes them here).
+prompt, generation defaults and limits. ``app.py`` hands the environment to
+:func:`load_space_config`, where ``TIER_<NAME>_<FIELD>`` variables and the Space-wide ones
+(``DEFAULT_TIER``, ``PRELOAD_TIERS``, ``MEMORY_BUDGET_GB``, ``DEVICE``) override the file
+through ``shared.config``: a bad value is one line naming the variable, its value and what is
+allowed.
 
-Models load lazily on a tier's first request. Tiers that resolve to the same weights (same model,
-revision, adapter, dtype) share one loaded model and one :class:`engine.BatchEngine`, so their
-requests are batched together. When loading a model would exceed the memory budget, idle models
-are unloaded least recently used first.
+:class:`TierRegistry` maps tier names onto ``shared.llm.CausalLMRegistry``: tiers that resolve to
+the same weights (model, revision, adapter, dtype) share one loaded model and one batch engine,
+models load on a tier's first request, and idle ones are unloaded beyond the memory budget.
 """
 
 from __future__ import annotations
 
-import gc
-import logging
-import threading
-import time
-from collections.abc import Mapping
-from dataclasses import dataclass
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, NoReturn
 
-import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 
-from engine import BatchEngine
-from grammar import GrammarCache
-from shared.errors import ModelLoadError
-from shared.models import TRANSFORMERS_WEIGHTS, ModelSource, demo_info, resolve_model, select_device
-
-logger = logging.getLogger(__name__)
-
-TIER_NAMES = ("base", "company", "abstraction", "user")
-Dtype = Literal["auto", "float32", "bfloat16", "float16"]
+from shared.config import ConfigError, Override, env_overrides, load_config, read_yaml
+from shared.llm import CausalLMRegistry, Dtype, EngineLimits, LoadedModel, ModelSpec
+from shared.models import ModelSource, demo_info
 
 
 class TierNotFound(LookupError):
@@ -77,7 +74,7 @@ class TierConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    # Tier name (the key in tiers.yaml).
+    # Tier name (the key in config.yaml).
     name: str
     # One line for the UI and /v1/models.
     description: str = ""
@@ -102,34 +99,56 @@ class TierConfig(BaseModel):
 
 
 class SpaceConfig(BaseModel):
-    """The whole tiers.yaml."""
+    """The Space's settings: config.yaml with the environment's overrides."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
+    # Tiers by name (declared first: the checks below read it).
+    tiers: dict[str, TierConfig]
     # Tier served at the root routes and when a request names none.
-    default_tier: str = "base"
+    default_tier: str = Field("base", validate_default=True)
+    # Tiers loaded at start, before /health answers 200; None means the default tier.
+    preload_tiers: tuple[str, ...] | None = None
     # Loaded weights kept in memory, in GiB; None means no budget.
     memory_budget_gb: float | None = Field(None, gt=0)
-    # Tiers by name.
-    tiers: dict[str, TierConfig]
+    # Where the models run.
+    device: Literal["auto", "cpu", "cuda"] = "auto"
 
-    @model_validator(mode="after")
-    def _check(self) -> SpaceConfig:
-        names = sorted(self.tiers)
-        if self.default_tier not in self.tiers:
-            raise ValueError(f"default_tier {self.default_tier!r} is not one of {names}")
-        for tier in self.tiers.values():
-            if tier.base_tier is not None:
-                if tier.base_tier not in self.tiers or tier.base_tier == tier.name:
-                    raise ValueError(
-                        f"tier {tier.name!r}: base_tier {tier.base_tier!r} must be another "
-                        f"configured tier ({names})"
-                    )
-                if self.tiers[tier.base_tier].base_tier is not None:
-                    raise ValueError(f"tier {tier.name!r}: base_tier must name a tier with a model")
-            elif not tier.model:
-                raise ValueError(f"tier {tier.name!r} needs `model` or `base_tier`")
-        return self
+    @model_validator(mode="before")
+    @classmethod
+    def _name_tiers(cls, data: Any) -> Any:
+        tiers = data.get("tiers") if isinstance(data, dict) else None
+        if isinstance(tiers, dict):
+            named = {k: {**(v or {}), "name": k} if isinstance(v, dict | None) else v
+                     for k, v in tiers.items()}  # fmt: skip
+            data = {**data, "tiers": named}
+        return data
+
+    @field_validator("preload_tiers", mode="before")
+    @classmethod
+    def _split(cls, value: Any) -> Any:
+        if isinstance(value, str):  # PRELOAD_TIERS=base,company
+            return tuple(name.strip() for name in value.split(",") if name.strip())
+        return value
+
+    @field_validator("default_tier")
+    @classmethod
+    def _default_is_a_tier(cls, value: str, info: ValidationInfo) -> str:
+        _check_names([value], info.data.get("tiers"))
+        return value
+
+    @field_validator("preload_tiers")
+    @classmethod
+    def _preload_are_tiers(cls, value: tuple[str, ...] | None,
+                           info: ValidationInfo) -> tuple[str, ...] | None:  # fmt: skip
+        if value is not None:
+            _check_names(value, info.data.get("tiers"))
+        return value
+
+    @property
+    def preload(self) -> list[str]:
+        """Tiers to load at start."""
+        return list(self.preload_tiers) if self.preload_tiers else [self.default_tier]
 
     def resolved(self, name: str) -> TierConfig:
         """The tier with ``base_tier`` replaced by that tier's model, revision and dtype."""
@@ -153,8 +172,24 @@ class SpaceConfig(BaseModel):
         return self.tiers[name]
 
 
+def _check_names(names: Iterable[str], tiers: Mapping[str, Any] | None) -> None:
+    if tiers is None:  # the tiers themselves failed validation; that error is reported
+        return
+    for name in names:
+        if name not in tiers:
+            raise ValueError(f"{name!r} is not a configured tier (one of {', '.join(tiers)})")
+
+
+# Space-wide settings and the variables that override them.
+SETTINGS_ENV = {
+    "DEFAULT_TIER": "default_tier",
+    "PRELOAD_TIERS": "preload_tiers",
+    "MEMORY_BUDGET_GB": "memory_budget_gb",
+    "DEVICE": "device",
+}
+
 # Fields a TIER_<NAME>_<FIELD> variable may set, and where they go in the tier's config.
-_ENV_FIELDS: dict[str, tuple[str, ...]] = {
+TIER_ENV_FIELDS: dict[str, tuple[str, ...]] = {
     "MODEL": ("model",),
     "REVISION": ("revision",),
     "BASE_TIER": ("base_tier",),
@@ -170,307 +205,192 @@ _ENV_FIELDS: dict[str, tuple[str, ...]] = {
     "DEFAULT_MAX_NEW_TOKENS": ("defaults", "max_new_tokens"),
     "DEFAULT_TEMPERATURE": ("defaults", "temperature"),
 }
+# An empty value of these unsets the field; of the text fields, sets it to ""; of the others,
+# is ignored (as an unset variable).
+_NULLABLE = {("revision",), ("base_tier",), ("adapter",), ("adapter_revision",)}
+_TEXT = {("system_prompt",), ("description",)}
 
 
-def load_config(
-    path: Path,
-    overrides: Mapping[str, str] | None = None,
-    *,
-    default_tier: str | None = None,
-    memory_budget_gb: float | None = None,
-) -> SpaceConfig:
-    """Read tiers.yaml and apply ``TIER_<NAME>_<FIELD>`` overrides.
+def tier_overrides(env: Mapping[str, str], file_tiers: Iterable[str]) -> list[Override]:
+    """The ``TIER_<NAME>_<FIELD>`` variables of ``env`` as config overrides.
+
+    ``TIER_<NAME>_MODEL`` (or ``_BASE_TIER``) for a tier not in the file adds the tier; a tier
+    given its own model this way stops borrowing another tier's (unless ``_BASE_TIER`` is set
+    too).
 
     Args:
-        path: The YAML file.
-        overrides: Environment-style variables, e.g. ``{"TIER_BASE_MODEL": "/models/x"}``;
-            others are ignored. A ``TIER_<NAME>_MODEL`` for a tier not in the file adds it.
-        default_tier: Overrides ``default_tier``.
-        memory_budget_gb: Overrides ``memory_budget_gb``.
+        env: The environment.
+        file_tiers: Tier names in config.yaml.
 
     Returns:
-        The validated configuration.
-
-    Raises:
-        ModelLoadError: naming the file or variable that is wrong.
+        The overrides, in variable-name order.
     """
-    try:
-        raw = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
-    except (OSError, yaml.YAMLError) as e:
-        raise ModelLoadError(f"cannot read tier config {path}: {e}") from e
-    tiers: dict[str, dict[str, Any]] = {
-        name: dict(body or {}) for name, body in (raw.get("tiers") or {}).items()
-    }
-    for key, value in sorted((overrides or {}).items()):
-        parsed = _parse_override(key, tiers)
+    known = {name.lower() for name in file_tiers}
+    # Tiers the environment adds, first, so their other variables are recognised too.
+    for variable in env:
+        parsed = _parse_variable(variable, known, adding=True)
+        if parsed is not None and parsed[1] in (("model",), ("base_tier",)):
+            known.add(parsed[0])
+    overrides = []
+    for variable, value in sorted(env.items()):
+        parsed = _parse_variable(variable, known)
         if parsed is None:
             continue
         name, where = parsed
-        target = tiers.setdefault(name, {})
-        for part in where[:-1]:
-            target = target.setdefault(part, {})
-        if where in (("adapter",), ("base_tier",), ("revision",)) and value.strip() == "":
-            target[where[-1]] = None
-        else:
-            target[where[-1]] = value
-    # A tier given its own model by the environment no longer borrows another tier's.
-    for key in overrides or {}:
-        parsed = _parse_override(key, tiers)
-        if (
-            parsed
-            and parsed[1] == ("model",)
-            and f"TIER_{parsed[0].upper()}_BASE_TIER" not in (overrides or {})
-        ):
-            tiers[parsed[0]]["base_tier"] = None
-    if default_tier:
-        raw["default_tier"] = default_tier
-    if memory_budget_gb is not None:
-        raw["memory_budget_gb"] = memory_budget_gb
-    raw["tiers"] = {name: {"name": name, **body} for name, body in tiers.items()}
-    try:
-        return SpaceConfig.model_validate(raw)
-    except ValidationError as e:
-        problems = "; ".join(
-            f"{'.'.join(str(p) for p in err['loc'])}: {err['msg']}" for err in e.errors()
-        )
-        raise ModelLoadError(f"invalid tier config ({path} + TIER_* variables): {problems}") from e
+        path = ("tiers", name, *where)
+        if value.strip() == "":
+            if where in _NULLABLE:
+                overrides.append(Override(variable, path, None))
+            elif where in _TEXT:
+                overrides.append(Override(variable, path, ""))
+            continue
+        overrides.append(Override(variable, path, value))
+        if where == ("model",) and f"TIER_{name.upper()}_BASE_TIER" not in env:
+            overrides.append(Override(variable, ("tiers", name, "base_tier"), None))
+    return overrides
 
 
-def _parse_override(key: str, tiers: Mapping[str, Any]) -> tuple[str, tuple[str, ...]] | None:
-    if not key.startswith("TIER_"):
+def _parse_variable(variable: str, known: set[str], *, adding: bool = False
+                    ) -> tuple[str, tuple[str, ...]] | None:  # fmt: skip
+    if not variable.startswith("TIER_"):
         return None
-    rest = key[len("TIER_") :]
+    rest = variable[len("TIER_") :]
     # Longest field suffix first, so TIER_X_ADAPTER_REVISION is not read as TIER_X_ADAPTER.
-    for field_key in sorted(_ENV_FIELDS, key=len, reverse=True):
+    for field_key in sorted(TIER_ENV_FIELDS, key=len, reverse=True):
         if rest.endswith("_" + field_key):
             name = rest[: -len(field_key) - 1].lower()
-            if name and (name in tiers or field_key in ("MODEL", "BASE_TIER")):
-                return name, _ENV_FIELDS[field_key]
+            if name and (name in known or adding):
+                return name, TIER_ENV_FIELDS[field_key]
     return None
 
 
-@dataclass
-class LoadedModel:
-    """Weights in memory, with the engine that serves them."""
+def load_space_config(path: Path, env: Mapping[str, str]) -> SpaceConfig:
+    """Read config.yaml and apply the environment's overrides.
 
-    # Identity of the weights: tiers with the same key share this object.
-    key: tuple[str | None, ...]
-    # The tokenizer.
-    tokenizer: Any
-    # The decode loop over this model.
-    engine: BatchEngine
-    # Compiled-grammar cache for this tokenizer.
-    grammars: GrammarCache
-    # Where the weights came from.
-    model_id: str
-    # Hub revision (None for a local folder).
-    revision: str | None
-    # Adapter merged in, if any.
-    adapter: str | None
-    # Device and dtype.
-    device: str
-    dtype: str
-    # Demo marker (random weights), or None for real weights.
-    demo: dict[str, Any] | None
-    # Context length of the model.
-    max_position_embeddings: int
-    # Bytes held by the parameters.
-    nbytes: int
-    # Seconds spent loading.
-    load_seconds: float
-    # time.monotonic() of the last use, for LRU eviction.
-    last_used: float
+    Args:
+        path: The YAML file (``TIERS_CONFIG``, else the Space's ``config.yaml``).
+        env: The environment (``os.environ`` in ``app.py``, a dict in tests).
+
+    Returns:
+        The validated settings.
+
+    Raises:
+        ConfigError: one line naming the variable (or the file and key), the value and what
+            is allowed.
+    """
+    raw = read_yaml(path)
+    file_tiers = raw.get("tiers") if isinstance(raw.get("tiers"), dict) else {}
+    overrides = [*env_overrides(env, SETTINGS_ENV), *tier_overrides(env, file_tiers)]
+    config = load_config(SpaceConfig, path, overrides, data=raw)
+    _check_tiers(config, overrides, path)
+    return config
+
+
+def _check_tiers(config: SpaceConfig, overrides: Sequence[Override], path: Path) -> None:
+    """Every tier has a model, directly or through a base tier that has one."""
+    names = ", ".join(config.tiers)
+
+    def fail(tier: str, key: str, value: Any, problem: str) -> NoReturn:
+        where = ("tiers", tier, key)
+        source = next((o for o in reversed(overrides) if o.path == where), None)
+        if source is None and key == "base_tier":  # TIER_X_MODEL="" leaves the tier empty
+            source = next((o for o in reversed(overrides) if o.path[:2] == where[:2]), None)
+        origin = f"{source.source}={source.value!r}" if source else f"{path}: {'.'.join(where)}"
+        suffix = "" if source else f"={value!r}"
+        raise ConfigError(f"{origin}{suffix}: tiers.{tier}.{key}: {problem}")
+
+    for tier in config.tiers.values():
+        if tier.base_tier is not None:
+            if tier.base_tier not in config.tiers or tier.base_tier == tier.name:
+                fail(tier.name, "base_tier", tier.base_tier,
+                     f"must be another configured tier ({names})")  # fmt: skip
+            if config.tiers[tier.base_tier].base_tier is not None:
+                fail(tier.name, "base_tier", tier.base_tier,
+                     "must name a tier with its own model, not another base_tier")  # fmt: skip
+        elif not tier.model:
+            fail(tier.name, "model", tier.model, "set `model` (a Hub id or a local directory) "
+                 "or `base_tier` (another tier's weights)")  # fmt: skip
 
 
 class TierRegistry:
-    """Loads tiers' models on demand, shares identical weights, evicts by memory budget.
+    """The tiers' models, loaded on demand through one :class:`CausalLMRegistry`.
 
     Args:
-        config: The tier configuration.
-        token: Hub token for private repos (never logged).
-        device: "auto", "cpu" or "cuda".
+        config: The Space's settings.
+        models: Loads, shares and evicts the weights.
     """
 
-    def __init__(
-        self, config: SpaceConfig, *, token: str | None = None, device: str = "auto"
-    ) -> None:
+    def __init__(self, config: SpaceConfig, models: CausalLMRegistry) -> None:
         self.config = config
-        self._token = token
-        self._device = device
-        self._models: dict[tuple[str | None, ...], LoadedModel] = {}
-        self._errors: dict[tuple[str | None, ...], str] = {}
-        self._lock = threading.Lock()
-        self._load_locks: dict[tuple[str | None, ...], threading.Lock] = {}
+        self.models = models
 
     @property
     def names(self) -> list[str]:
         """Configured tier names, in config order."""
         return list(self.config.tiers)
 
-    def key(self, name: str) -> tuple[str | None, ...]:
-        """Identity of the weights a tier runs (equal keys share one loaded model)."""
+    def spec(self, name: str) -> ModelSpec:
+        """The weights a tier runs (equal specs share one loaded model).
+
+        Raises:
+            TierNotFound: for a tier that is not configured.
+        """
         tier = self.config.resolved(name)
-        return (tier.model, tier.revision, tier.adapter, tier.adapter_revision, tier.dtype)
+        assert tier.model is not None  # _check_tiers saw to it
+        return ModelSpec.parse(
+            tier.model,
+            tier.revision,
+            adapter=tier.adapter,
+            adapter_revision=tier.adapter_revision,
+            dtype=tier.dtype,
+        )
+
+    def sharing(self, name: str) -> list[str]:
+        """The other tiers that run the same weights as ``name``."""
+        spec = self.spec(name)
+        return [other for other in self.names if other != name and self.spec(other) == spec]
+
+    def limits(self, name: str) -> EngineLimits:
+        """The engine of a tier's model, sized for every tier it serves: the largest batch
+        and queue among them (each tier keeps its own queue limit, see ``TierGenerator``)."""
+        tiers = [self.config.tier(t).limits for t in [name, *self.sharing(name)]]
+        totals = [t.max_total_tokens for t in tiers]
+        return EngineLimits(
+            max_batch_size=max(t.max_batch_size for t in tiers),
+            max_concurrent_requests=max(t.max_concurrent_requests for t in tiers),
+            max_total_tokens=None if None in totals else max(t for t in totals if t),
+        )
+
+    def get(self, name: str) -> LoadedModel:
+        """The tier's model, loading it (and unloading idle ones over budget) if needed.
+
+        Raises:
+            TierNotFound: for a tier that is not configured.
+            ModelLoadError: when the model cannot be loaded.
+        """
+        return self.models.get(self.spec(name), self.limits(name))
 
     def loaded(self, name: str) -> LoadedModel | None:
         """The tier's model if it is in memory now."""
-        return self._models.get(self.key(name))
+        return self.models.loaded(self.spec(name))
 
     def error(self, name: str) -> str | None:
         """The last load error of the tier's model, if loading failed."""
-        return self._errors.get(self.key(name))
+        return self.models.error(self.spec(name))
 
     def demo_marker(self, name: str) -> dict[str, Any] | None:
         """The demo-weights marker of the tier's model (checked on disk for local models)."""
         loaded = self.loaded(name)
         if loaded is not None:
             return loaded.demo
-        tier = self.config.resolved(name)
-        for location in (tier.model, tier.adapter):
+        spec = self.spec(name)
+        for location in (spec.model, spec.adapter):
             if location and ModelSource.parse(location).is_local:
                 marker = demo_info(Path(location).expanduser())
                 if marker:
                     return marker
         return None
 
-    def get(self, name: str) -> LoadedModel:
-        """The tier's model, loading it (and evicting idle ones over budget) if needed.
-
-        Raises:
-            TierNotFound: for a tier that is not configured.
-            ModelLoadError: when the model cannot be loaded.
-        """
-        tier = self.config.resolved(name)
-        key = self.key(name)
-        with self._lock:
-            lock = self._load_locks.setdefault(key, threading.Lock())
-        with lock:
-            loaded = self._models.get(key)
-            if loaded is None:
-                try:
-                    loaded = self._load(tier, key)
-                except ModelLoadError as e:
-                    self._errors[key] = str(e)
-                    raise
-                except Exception as e:
-                    self._errors[key] = f"{type(e).__name__}: {e}"
-                    raise ModelLoadError(
-                        f"loading tier {name!r} ({tier.model}) failed: {type(e).__name__}: {e}"
-                    ) from e
-                with self._lock:
-                    self._models[key] = loaded
-                    self._errors.pop(key, None)
-            loaded.last_used = time.monotonic()
-            return loaded
-
-    def models(self) -> list[LoadedModel]:
-        """Models in memory now."""
-        with self._lock:
-            return list(self._models.values())
-
     def shutdown(self) -> None:
         """Stop every engine."""
-        for loaded in self.models():
-            loaded.engine.stop()
-
-    def _load(self, tier: TierConfig, key: tuple[str | None, ...]) -> LoadedModel:
-        import torch
-        from transformers import AutoModelForCausalLM, AutoTokenizer
-
-        start = time.monotonic()
-        assert tier.model is not None
-        source = ModelSource.parse(tier.model, tier.revision)
-        folder = resolve_model(
-            source, required=["config.json", TRANSFORMERS_WEIGHTS], token=self._token
-        )
-        choice = select_device(self._device, tier.dtype)  # type: ignore[arg-type]
-        # Room is made before loading, from the checkpoint's size, so two models never overlap.
-        self._make_room(_checkpoint_bytes(folder))
-        tokenizer = AutoTokenizer.from_pretrained(folder)
-        model = AutoModelForCausalLM.from_pretrained(folder, dtype=choice.torch_dtype())
-        adapter_demo = None
-        if tier.adapter:
-            from peft import PeftModel
-
-            adapter_source = ModelSource.parse(tier.adapter, tier.adapter_revision)
-            adapter_folder = resolve_model(
-                adapter_source,
-                required=[
-                    "adapter_config.json",
-                    ("adapter_model.safetensors", "adapter_model.bin"),
-                ],
-                token=self._token,
-            )
-            # Merged into its own copy of the base weights: the base tier's model stays as is.
-            model = PeftModel.from_pretrained(model, adapter_folder).merge_and_unload()
-            adapter_demo = demo_info(adapter_folder)
-        model = model.to(choice.device).eval()
-        nbytes = sum(p.numel() * p.element_size() for p in model.parameters())
-        text_config = model.config.get_text_config()
-        context = int(getattr(text_config, "max_position_embeddings", 0) or 2048)
-        max_total = min(tier.limits.max_total_tokens or context, context)
-        engine = BatchEngine(
-            model,
-            tokenizer,
-            max_batch_size=tier.limits.max_batch_size,
-            max_concurrent_requests=tier.limits.max_concurrent_requests,
-            max_total_tokens=max_total,
-            name=source.location.rsplit("/", 1)[-1],
-        )
-        grammars = GrammarCache(tokenizer, int(text_config.vocab_size))
-        torch.set_grad_enabled(False)
-        seconds = time.monotonic() - start
-        logger.info(
-            "loaded %s (%s, %.0f MB) in %.1fs", source, choice.dtype, nbytes / 2**20, seconds
-        )
-        return LoadedModel(
-            key=key,
-            tokenizer=tokenizer,
-            engine=engine,
-            grammars=grammars,
-            model_id=source.location,
-            revision=source.revision,
-            adapter=tier.adapter,
-            device=choice.device,
-            dtype=choice.dtype,
-            demo=demo_info(folder) or adapter_demo,
-            max_position_embeddings=context,
-            nbytes=nbytes,
-            load_seconds=seconds,
-            last_used=time.monotonic(),
-        )
-
-    def _make_room(self, nbytes: int) -> None:
-        """Unload idle models, least recently used first, until ``nbytes`` more fit the budget."""
-        budget_gb = self.config.memory_budget_gb
-        if budget_gb is None:
-            return
-        budget = int(budget_gb * 2**30)
-        with self._lock:
-            used = sum(m.nbytes for m in self._models.values())
-            victims = sorted(self._models.values(), key=lambda m: m.last_used)
-            evicted = []
-            for victim in victims:
-                if used + nbytes <= budget:
-                    break
-                if victim.engine.busy:
-                    continue
-                del self._models[victim.key]
-                used -= victim.nbytes
-                evicted.append(victim)
-        for victim in evicted:
-            logger.info("memory budget %.1f GiB: unloading %s", budget_gb, victim.model_id)
-            victim.engine.stop()
-        if evicted:
-            gc.collect()
-        if used + nbytes > budget:
-            logger.warning(
-                "memory budget %.1f GiB exceeded (%.2f GiB in use by busy models); loading anyway",
-                budget_gb,
-                (used + nbytes) / 2**30,
-            )
-
-
-def _checkpoint_bytes(folder: Path) -> int:
-    """Size of the weight files in a model folder (what loading them will roughly take)."""
-    return sum(p.stat().st_size for p in folder.iterdir() if p.suffix in (".safetensors", ".bin"))
+        self.models.shutdown()

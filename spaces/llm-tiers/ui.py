@@ -6,31 +6,22 @@ import json
 import logging
 import random
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from typing import Any
 
 import gradio as gr
 import httpx
 
-from engine import EngineOverloaded, GenerationFailed
+from predictor import TierGenerator
 from protocol import GenerateParameters
-from service import TierGenerator
-from shared.errors import InputError, ModelLoadError
-from shared.serving import RequestStats, gradio_endpoint
-from tiers import TierNotFound
+from shared.errors import InputError
+from shared.serving import Service
 
 logger = logging.getLogger(__name__)
 
-_USER_ERRORS = (InputError, TierNotFound, EngineOverloaded, ModelLoadError, GenerationFailed)
-
-
-def _endpoint(stats: RequestStats, name: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
-    """Count a handler in /stats and turn errors into ``gr.Error`` (generators included)."""
-
-    def message(e: Exception) -> str:
-        return str(e.args[0]) if isinstance(e, TierNotFound) else str(e)
-
-    return gradio_endpoint(stats, name, user_errors=_USER_ERRORS, message=message)
+# Initial values of the Generate tab, also the defaults of the `predict` API's parameters.
+DEFAULT_MAX_NEW_TOKENS = 100
+DEFAULT_TEMPERATURE = 0.7
 
 
 def _parse_context(context: str | None) -> dict[str, Any] | None:
@@ -46,20 +37,19 @@ def _parse_context(context: str | None) -> dict[str, Any] | None:
 
 
 def tier_table(generator: TierGenerator) -> list[list[Any]]:
-    """Rows of the tiers table: tier, model, revision, adapter, loaded, demo weights."""
-    registry = generator.registry
+    """Rows of the tiers table: tier, model, revision, adapter, loaded, demo weights; the
+    same values as ``GET /tiers`` (an empty revision is the model's default branch or a local
+    folder, ``null`` there)."""
     rows = []
-    for name in registry.names:
-        config = registry.config.resolved(name)
-        demo = registry.demo_marker(name)
+    for row in generator.describe_tiers():
         rows.append(
             [
-                name + (" (default)" if name == registry.config.default_tier else ""),
-                config.model,
-                config.revision or "main",
-                config.adapter or "",
-                "yes" if registry.loaded(name) else "no (loads on first request)",
-                "DEMO (random weights)" if demo else "trained",
+                row["tier"] + (" (default)" if row["tier"] == generator.default_tier else ""),
+                row["model"],
+                row["revision"] or "",
+                row["adapter"] or "",
+                "yes" if row["loaded"] else "no (loads on first request)",
+                "DEMO (random weights)" if row["demo_weights"] else "trained",
             ]
         )
     return rows
@@ -78,22 +68,35 @@ def demo_banner(generator: TierGenerator) -> str:
     )
 
 
-def build_ui(generator: TierGenerator, stats: RequestStats, *, self_url: str) -> gr.Blocks:
+def build_ui(generator: TierGenerator, service: Service[Any], *, self_url: str) -> gr.Blocks:
     """The Gradio Blocks app.
 
     Args:
-        generator: The plain-Python generator.
-        stats: Request statistics (shared with /stats).
+        generator: The predictor.
+        service: The Space's service: its error boundary and ``/stats``.
         self_url: This Space's own URL, the default target of "Test connection".
     """
     registry = generator.registry
     tiers = registry.names
     default = registry.config.default_tier
 
-    @_endpoint(stats, "predict")
+    @service.endpoint("predict")
     def predict(
-        prompt: str, tier: str, max_new_tokens: float, temperature: float, context: str
+        prompt: str,
+        tier: str = default,
+        max_new_tokens: float = DEFAULT_MAX_NEW_TOKENS,
+        temperature: float = DEFAULT_TEMPERATURE,
+        context: str | None = None,
     ) -> Iterator[str]:
+        """Complete a prompt on a tier, streaming the text as it grows.
+
+        Args:
+            prompt: The user message (the tier's system prompt and chat template apply).
+            tier: Tier name.
+            max_new_tokens: Most tokens to generate.
+            temperature: Sampling temperature; 0 is greedy.
+            context: Optional JSON object rendered into the system prompt.
+        """
         if not prompt or not prompt.strip():
             raise InputError("prompt is empty: type something to complete")
         chat = generator.chat_prompt(
@@ -114,8 +117,8 @@ def build_ui(generator: TierGenerator, stats: RequestStats, *, self_url: str) ->
         assert stream.result is not None
         yield stream.result.text
 
-    @_endpoint(stats, "variations")
-    def variations(prompt: str, n: float, tier: str) -> list[str]:
+    @service.endpoint("variations")
+    def variations(prompt: str, n: float = 3, tier: str = default) -> list[str]:
         if not prompt or not prompt.strip():
             raise InputError("prompt is empty: type something to complete")
         count = int(n)
@@ -135,8 +138,14 @@ def build_ui(generator: TierGenerator, stats: RequestStats, *, self_url: str) ->
             streams.append(generator.stream(generator.prepare(tier, chat, params, templated=True)))
         return [s.collect().text for s in streams]
 
-    @_endpoint(stats, "test_connection")
-    def test_connection(url: str, path: str, token: str, revision: str, tier: str) -> str:
+    @service.endpoint("test_connection")
+    def test_connection(
+        url: str = self_url,
+        path: str = "/api/generate",
+        token: str | None = None,
+        revision: str | None = None,
+        tier: str = default,
+    ) -> str:
         target = (url or self_url).rstrip("/") + "/" + (path or "/api/generate").lstrip("/")
         body: dict[str, Any] = {
             "inputs": "Hello",
@@ -178,11 +187,15 @@ def build_ui(generator: TierGenerator, stats: RequestStats, *, self_url: str) ->
                 with gr.Column():
                     prompt = gr.Textbox(label="Prompt", lines=4)
                     tier = gr.Dropdown(tiers, value=default, label="Tier")
-                    max_new = gr.Slider(1, 512, value=100, step=1, label="max_new_tokens")
-                    temperature = gr.Slider(
-                        0, 2, value=0.7, step=0.05, label="temperature (0 = greedy)"
+                    max_new = gr.Slider(
+                        1, 512, value=DEFAULT_MAX_NEW_TOKENS, step=1, label="max_new_tokens"
                     )
-                    context = gr.Code(label="Context (JSON object, optional)", language="json")
+                    temperature = gr.Slider(
+                        0, 2, value=DEFAULT_TEMPERATURE, step=0.05, label="temperature (0 = greedy)"
+                    )
+                    context = gr.Code(
+                        value="", label="Context (JSON object, optional)", language="json"
+                    )
                     run = gr.Button("Generate", variant="primary")
                 output = gr.Textbox(label="Output", lines=12)
             run.click(
@@ -219,8 +232,8 @@ def build_ui(generator: TierGenerator, stats: RequestStats, *, self_url: str) ->
             with gr.Row():
                 c_url = gr.Textbox(value=self_url, label="Space URL")
                 c_path = gr.Textbox(value="/api/generate", label="Endpoint path")
-                c_token = gr.Textbox(label="Auth token (optional)", type="password")
-                c_revision = gr.Textbox(label="Model revision (optional)")
+                c_token = gr.Textbox(value="", label="Auth token (optional)", type="password")
+                c_revision = gr.Textbox(value="", label="Model revision (optional)")
             c_tier = gr.Dropdown(tiers, value=default, label="Tier")
             c_run = gr.Button("Test connection")
             c_out = gr.Markdown()

@@ -11,16 +11,11 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from shared.errors import ModelLoadError
-from shared.labels import (
-    LABEL_MAP_FILENAME,
-    TOXICITY_ALIASES,
-    LabelMapper,
-    LabelMappingError,
-    load_label_map,
-)
+from shared.labels import LABEL_MAP_FILENAME, LabelMapper, LabelMappingError, load_label_map
 
 CANONICAL = ["harmful", "safe"]
 JIGSAW = ["toxic", "severe_toxic", "obscene", "threat", "insult", "identity_hate"]
+TOXIC_NON_TOXIC = {"toxic": "harmful", "non_toxic": "safe"}
 
 
 def _write_label_map(model_dir, content):
@@ -29,65 +24,12 @@ def _write_label_map(model_dir, content):
     return path
 
 
-# --- raw label families -------------------------------------------------------------------------
-
-
-@pytest.mark.parametrize(
-    ("model_labels", "expected"),
-    [
-        (["non-toxic", "toxic"], ["safe", "harmful"]),
-        (["Non_Toxic", "Toxic"], ["safe", "harmful"]),
-        (["not toxic", "TOXIC"], ["safe", "harmful"]),
-        (["NOT_OFF", "OFF"], ["safe", "harmful"]),  # OSACT
-        (["NOT", "OFF"], ["safe", "harmful"]),  # OLID / OffensEval
-        (["Not Offensive", "offensive"], ["safe", "harmful"]),
-        (["NOT_HS", "HS"], ["safe", "harmful"]),
-        (["hate_speech", "offensive_language", "neither"], ["harmful", "harmful", "safe"]),
-        (["hatespeech", "offensive", "normal"], ["harmful", "harmful", "safe"]),  # HateXplain
-        (["abusive", "hate", "normal"], ["harmful", "harmful", "safe"]),  # L-HSAB
-        (["clean", "insult", "threat"], ["safe", "harmful", "harmful"]),
-        (["neutral", "hateful"], ["safe", "harmful"]),
-    ],
-)
-def test_common_label_names_map_through_the_toxicity_aliases(model_labels, expected):
-    mapper = LabelMapper.build(model_labels, CANONICAL, aliases=TOXICITY_ALIASES)
-
-    assert mapper.raw_labels == tuple(model_labels)
-    assert [mapper.canonical_of(raw) for raw in model_labels] == expected
-    assert mapper.mapping == dict(zip(model_labels, expected, strict=True))
-
-
-def test_canonical_names_match_without_aliases_ignoring_case():
-    mapper = LabelMapper.build(["SAFE", "Harmful"], CANONICAL)
-    assert mapper.mapping == {"SAFE": "safe", "Harmful": "harmful"}
-
-
-def test_every_toxicity_alias_maps_and_none_collide():
-    aliases = list(TOXICITY_ALIASES)
-    mapper = LabelMapper.build(aliases, CANONICAL, aliases=TOXICITY_ALIASES)
-    assert mapper.mapping == dict(TOXICITY_ALIASES)
-    assert {"toxic", "non-toxic", "OFF", "NOT_OFF", "NOT", "identity_hate", "clean"} <= set(aliases)
-
-
-def test_generic_labels_need_an_explicit_map():
-    with pytest.raises(LabelMappingError) as caught:
-        LabelMapper.build(["LABEL_0", "LABEL_1"], CANONICAL, explicit={"LABEL_0": "safe"})
-    assert str(caught.value) == (
-        "model label 'LABEL_1' is not mapped to any of ['harmful', 'safe']; the model's labels "
-        "are ['LABEL_0', 'LABEL_1']: add a label_map.json beside the model or set label_map in "
-        "the Space config"
-    )
-
-
-def test_generic_labels_are_never_guessed_from_aliases():
-    aliases = {"LABEL_0": "safe", "label_1": "harmful"}
-    with pytest.raises(LabelMappingError, match=r"model labels \['LABEL_0', 'LABEL_1'\] are not"):
-        LabelMapper.build(["LABEL_0", "LABEL_1"], CANONICAL, aliases=aliases)
+# --- the one rule: label_map.json, else the config's map, else an error ------------------------
 
 
 def test_generic_labels_map_through_the_space_config():
     mapper = LabelMapper.build(
-        ["LABEL_0", "LABEL_1"], CANONICAL, explicit={"LABEL_0": "Safe", "LABEL_1": "HARMFUL"}
+        ["LABEL_0", "LABEL_1"], CANONICAL, config_map={"LABEL_0": "Safe", "LABEL_1": "HARMFUL"}
     )
     assert mapper.mapping == {"LABEL_0": "safe", "LABEL_1": "harmful"}
 
@@ -98,85 +40,115 @@ def test_generic_labels_map_through_label_map_json(tmp_path):
     assert mapper.mapping == {"LABEL_0": "harmful", "LABEL_1": "safe"}
 
 
-def test_a_missing_label_map_file_is_skipped(tmp_path):
+def test_label_map_json_targets_match_ignoring_case(tmp_path):
+    path = _write_label_map(tmp_path, {"toxic": "HARMFUL", "clean": "Safe"})
+    mapper = LabelMapper.build(["toxic", "clean"], CANONICAL, label_map_file=path)
+    assert mapper.mapping == {"toxic": "harmful", "clean": "safe"}
+
+
+def test_a_missing_label_map_file_is_skipped_for_the_config_map(tmp_path):
     mapper = LabelMapper.build(
         ["toxic", "non_toxic"],
         CANONICAL,
-        aliases=TOXICITY_ALIASES,
         label_map_file=tmp_path / LABEL_MAP_FILENAME,
+        config_map={"toxic": "harmful", "non_toxic": "safe"},
     )
     assert mapper.mapping == {"toxic": "harmful", "non_toxic": "safe"}
 
 
-# --- precedence ---------------------------------------------------------------------------------
-
-
-def test_precedence_is_file_then_config_then_aliases_then_names(tmp_path):
-    labels = ["toxic", "clean", "safe", "ok", "harmful"]
-    aliases = {"toxic": "safe", "clean": "safe", "safe": "harmful", "ok": "safe"}
-    explicit = {"toxic": "safe", "clean": "harmful"}
-    path = _write_label_map(tmp_path, {"toxic": "harmful"})
-
+def test_label_map_json_wins_over_the_config_map_whole(tmp_path):
+    path = _write_label_map(tmp_path, {"LABEL_0": "harmful", "LABEL_1": "safe"})
     mapper = LabelMapper.build(
-        labels, CANONICAL, explicit=explicit, aliases=aliases, label_map_file=path
+        ["LABEL_0", "LABEL_1"],
+        CANONICAL,
+        label_map_file=path,
+        config_map={"LABEL_0": "safe", "LABEL_1": "harmful", "LABEL_9": "nonsense"},
+    )
+    assert mapper.mapping == {"LABEL_0": "harmful", "LABEL_1": "safe"}
+
+
+def test_a_partial_label_map_json_does_not_borrow_from_the_config(tmp_path):
+    path = _write_label_map(tmp_path, {"LABEL_1": "harmful"})
+    with pytest.raises(LabelMappingError) as caught:
+        LabelMapper.build(
+            ["LABEL_0", "LABEL_1"],
+            CANONICAL,
+            label_map_file=path,
+            config_map={"LABEL_0": "safe", "LABEL_1": "harmful"},
+        )
+    assert str(caught.value) == (
+        f"{path} does not map the model label(s) ['LABEL_0']; the model's labels are "
+        "['LABEL_0', 'LABEL_1']: map each to one of ['harmful', 'safe']"
     )
 
-    assert mapper.mapping == {
-        "toxic": "harmful",  # label_map.json beats the config and the aliases
-        "clean": "harmful",  # the config beats the aliases
-        "safe": "harmful",  # an alias beats the canonical name
-        "ok": "safe",  # alias
-        "harmful": "harmful",  # canonical name
-    }
+
+@pytest.mark.parametrize("config_map", [None, {}])
+def test_no_map_is_a_model_load_error_listing_the_labels(tmp_path, config_map):
+    # Named labels are not guessed either: the Space's own alias table, if it has one, makes
+    # the config map.
+    with pytest.raises(ModelLoadError) as caught:
+        LabelMapper.build(
+            ["toxic", "clean"],
+            CANONICAL,
+            label_map_file=tmp_path / LABEL_MAP_FILENAME,
+            config_map=config_map,
+        )
+    assert isinstance(caught.value, LabelMappingError)
+    assert str(caught.value) == (
+        "no label map for the model's labels ['toxic', 'clean']: add a label_map.json beside "
+        "the model or set label_map in the Space config (each label to one of "
+        "['harmful', 'safe'])"
+    )
 
 
-def test_aliases_are_only_used_for_labels_the_model_has():
-    mapper = LabelMapper.build(["toxic", "ok"], CANONICAL, aliases=TOXICITY_ALIASES)
-    assert mapper.mapping == {"toxic": "harmful", "ok": "safe"}
+def test_an_unmapped_label_is_refused_listing_the_labels():
+    with pytest.raises(LabelMappingError) as caught:
+        LabelMapper.build(["LABEL_0", "LABEL_1"], CANONICAL, config_map={"LABEL_0": "safe"})
+    assert str(caught.value) == (
+        "the Space config's label_map does not map the model label(s) ['LABEL_1']; the model's "
+        "labels are ['LABEL_0', 'LABEL_1']: map each to one of ['harmful', 'safe']"
+    )
+
+
+def test_a_label_the_model_lacks_is_refused_even_in_label_map_json(tmp_path):
+    path = _write_label_map(tmp_path, {"LABEL_0": "safe", "LABEL_1": "harmful", "x": "safe"})
+    with pytest.raises(LabelMappingError, match=r"maps \['x'\], which the model does not have"):
+        LabelMapper.build(["LABEL_0", "LABEL_1"], CANONICAL, label_map_file=path)
 
 
 # --- startup errors -----------------------------------------------------------------------------
-
-
-def test_unmapped_labels_are_a_model_load_error_listing_the_labels():
-    with pytest.raises(ModelLoadError) as caught:
-        LabelMapper.build(["toxic", "spam", "ham"], CANONICAL, aliases=TOXICITY_ALIASES)
-    message = str(caught.value)
-    assert isinstance(caught.value, LabelMappingError)
-    assert "model labels ['spam', 'ham'] are not mapped to any of ['harmful', 'safe']" in message
-    assert "the model's labels are ['toxic', 'spam', 'ham']" in message
-    assert "label_map.json" in message
 
 
 @pytest.mark.parametrize(
     ("kwargs", "expected"),
     [
         (
-            {"explicit": {"LABEL_0": "benign", "LABEL_1": "harmful"}},
-            "the Space's label_map maps model label 'LABEL_0' to 'benign', which is not a "
-            "canonical label; use one of ['harmful', 'safe']",
+            {"config_map": {"LABEL_0": "benign", "LABEL_1": "harmful"}},
+            "the Space config's label_map maps model label 'LABEL_0' to 'benign', which is not "
+            "a canonical label; use one of ['harmful', 'safe']",
         ),
         (
-            {"explicit": {"LABEL_0": "safe", "LABEL_1": "harmful", "LABEL_2": "safe"}},
-            "the Space's label_map maps ['LABEL_2'], which the model does not have; "
+            {"config_map": {"LABEL_0": "safe", "LABEL_1": "harmful", "LABEL_2": "safe"}},
+            "the Space config's label_map maps ['LABEL_2'], which the model does not have; "
             "the model's labels are ['LABEL_0', 'LABEL_1']",
         ),
         (
-            {"explicit": {0: "safe", "LABEL_1": "harmful"}},
-            "the Space's label_map maps [0], which the model does not have",
+            {"config_map": {0: "safe", "LABEL_1": "harmful"}},
+            "the Space config's label_map maps [0], which the model does not have",
         ),
         (
-            {"explicit": {"LABEL_0": 1, "LABEL_1": "harmful"}},
-            "the Space's label_map maps 'LABEL_0' to 1; targets must be one of",
+            {"config_map": {"LABEL_0": 1, "LABEL_1": "harmful"}},
+            "the Space config's label_map maps model label 'LABEL_0' to 1, which is not a "
+            "canonical label",
         ),
         (
-            {"explicit": {"LABEL_0": "harmful", "LABEL_1": "harmful"}},
+            {"config_map": {"LABEL_0": "harmful", "LABEL_1": "harmful"}},
             "canonical label(s) ['safe'] get no model label; the mapping is "
             "{'LABEL_0': 'harmful', 'LABEL_1': 'harmful'} and the model's labels are "
             "['LABEL_0', 'LABEL_1']",
         ),
         (
-            {"explicit": {"LABEL_0": "safe", "LABEL_1": "harmful"}, "complement": "unsafe"},
+            {"config_map": {"LABEL_0": "safe", "LABEL_1": "harmful"}, "complement": "unsafe"},
             "complement 'unsafe' is not a canonical label; use one of ['harmful', 'safe']",
         ),
     ],
@@ -187,17 +159,12 @@ def test_bad_mappings_fail_at_build_with_a_message_that_says_what_to_fix(kwargs,
     assert expected in str(caught.value)
 
 
-def test_an_alias_table_that_targets_other_names_is_refused():
-    with pytest.raises(LabelMappingError, match="the alias table maps model label 'toxic' to"):
+def test_a_map_that_targets_other_names_is_refused():
+    with pytest.raises(LabelMappingError, match="maps model label 'toxic' to 'harmful', which"):
         LabelMapper.build(
-            ["toxic", "non-toxic"], ["toxic_content", "fine"], aliases=TOXICITY_ALIASES
-        )
-
-
-def test_aliases_written_two_ways_must_agree():
-    with pytest.raises(LabelMappingError, match="aliases ignore case, '-', '_' and spaces"):
-        LabelMapper.build(
-            ["toxic"], ["harmful"], aliases={"Non-Toxic": "safe", "non_toxic": "harmful"}
+            ["toxic", "non-toxic"],
+            ["toxic_content", "fine"],
+            config_map={"toxic": "harmful", "non-toxic": "safe"},
         )
 
 
@@ -213,12 +180,12 @@ def test_aliases_written_two_ways_must_agree():
 )
 def test_label_lists_are_checked(model_labels, canonical, expected):
     with pytest.raises(LabelMappingError) as caught:
-        LabelMapper.build(model_labels, canonical, aliases=TOXICITY_ALIASES)
+        LabelMapper.build(model_labels, canonical, config_map={"toxic": "harmful"})
     assert expected in str(caught.value)
 
 
 def test_canonical_of_an_unknown_label_lists_the_model_labels():
-    mapper = LabelMapper.build(["toxic", "non_toxic"], CANONICAL, aliases=TOXICITY_ALIASES)
+    mapper = LabelMapper.build(["toxic", "non_toxic"], CANONICAL, config_map=TOXIC_NON_TOXIC)
     with pytest.raises(LabelMappingError, match=r"'LABEL_0' is not a label of this model; its"):
         mapper.canonical_of("LABEL_0")
 
@@ -265,7 +232,9 @@ def test_load_label_map_refuses_binary_files(tmp_path):
 
 def test_softmax_sums_each_canonical_label():
     mapper = LabelMapper.build(
-        ["hate_speech", "offensive_language", "neither"], CANONICAL, aliases=TOXICITY_ALIASES
+        ["hate_speech", "offensive_language", "neither"],
+        CANONICAL,
+        config_map={"hate_speech": "harmful", "offensive_language": "harmful", "neither": "safe"},
     )
     scores = mapper.aggregate(
         {"neither": 0.6, "hate_speech": 0.1, "offensive_language": 0.3}, "softmax"
@@ -275,7 +244,9 @@ def test_softmax_sums_each_canonical_label():
 
 
 def test_sigmoid_takes_the_max_head_and_the_complement_for_a_missing_safe_head():
-    mapper = LabelMapper.build(JIGSAW, CANONICAL, aliases=TOXICITY_ALIASES, complement="safe")
+    mapper = LabelMapper.build(
+        JIGSAW, CANONICAL, config_map=dict.fromkeys(JIGSAW, "harmful"), complement="safe"
+    )
     heads = dict.fromkeys(JIGSAW, 0.01) | {"insult": 0.7, "toxic": 0.9}
 
     scores = mapper.aggregate(heads, "sigmoid")
@@ -286,12 +257,12 @@ def test_sigmoid_takes_the_max_head_and_the_complement_for_a_missing_safe_head()
 
 def test_jigsaw_heads_without_a_complement_are_refused():
     with pytest.raises(LabelMappingError, match=r"canonical label\(s\) \['safe'\] get no model"):
-        LabelMapper.build(JIGSAW, CANONICAL, aliases=TOXICITY_ALIASES)
+        LabelMapper.build(JIGSAW, CANONICAL, config_map=dict.fromkeys(JIGSAW, "harmful"))
 
 
 def test_an_explicit_safe_head_wins_over_the_complement():
     mapper = LabelMapper.build(
-        ["toxic", "non_toxic"], CANONICAL, aliases=TOXICITY_ALIASES, complement="safe"
+        ["toxic", "non_toxic"], CANONICAL, config_map=TOXIC_NON_TOXIC, complement="safe"
     )
     assert mapper.aggregate({"toxic": 0.7, "non_toxic": 0.2}, "sigmoid") == pytest.approx(
         {"harmful": 0.7, "safe": 0.2}
@@ -302,7 +273,7 @@ def test_softmax_complement_is_what_the_other_labels_leave():
     mapper = LabelMapper.build(
         ["LABEL_0", "LABEL_1"],
         ["hate", "offensive", "other"],
-        explicit={"LABEL_0": "hate", "LABEL_1": "offensive"},
+        config_map={"LABEL_0": "hate", "LABEL_1": "offensive"},
         complement="other",
     )
     scores = mapper.aggregate({"LABEL_0": 0.25, "LABEL_1": 0.5}, "softmax")
@@ -311,7 +282,7 @@ def test_softmax_complement_is_what_the_other_labels_leave():
 
 def test_aggregate_accepts_numpy_scores():
     mapper = LabelMapper.build(
-        ["LABEL_0", "LABEL_1"], CANONICAL, explicit={"LABEL_0": "safe", "LABEL_1": "harmful"}
+        ["LABEL_0", "LABEL_1"], CANONICAL, config_map={"LABEL_0": "safe", "LABEL_1": "harmful"}
     )
     probabilities = np.array([0.25, 0.75], dtype=np.float32)
     scores = mapper.aggregate(dict(zip(mapper.raw_labels, probabilities, strict=True)), "softmax")
@@ -338,7 +309,7 @@ def test_aggregate_accepts_numpy_scores():
     ],
 )
 def test_aggregate_checks_its_input(raw_scores, mode, error, expected):
-    mapper = LabelMapper.build(["toxic", "non_toxic"], CANONICAL, aliases=TOXICITY_ALIASES)
+    mapper = LabelMapper.build(["toxic", "non_toxic"], CANONICAL, config_map=TOXIC_NON_TOXIC)
     with pytest.raises(error) as caught:
         mapper.aggregate(raw_scores, mode)
     assert expected in str(caught.value)
@@ -353,7 +324,7 @@ def mapped_scores(draw, *, softmax):
     targets = draw(st.permutations(targets))
     raw_labels = [f"LABEL_{i}" for i in range(n_raw)]
     mapper = LabelMapper.build(
-        raw_labels, canonical, explicit=dict(zip(raw_labels, targets, strict=True))
+        raw_labels, canonical, config_map=dict(zip(raw_labels, targets, strict=True))
     )
     if softmax:
         weights = draw(st.lists(st.floats(0, 1), min_size=n_raw, max_size=n_raw))

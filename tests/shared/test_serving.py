@@ -8,13 +8,15 @@ import time
 
 import gradio as gr
 import pytest
-from fastapi import FastAPI
+from fastapi import APIRouter, FastAPI
 from fastapi.testclient import TestClient
 from pydantic import BaseModel
 
 from shared.errors import InputError, ModelLoadError
 from shared.serving import (
+    BatchedPredictor,
     DynamicBatcher,
+    ErrorKind,
     ModelInfo,
     ModelNotReady,
     RequestStats,
@@ -22,9 +24,18 @@ from shared.serving import (
     configure_gradio,
     gradio_endpoint,
     install_routes,
+    loading_banner,
+    mount_gradio,
+    predict,
 )
 
-INFO = ModelInfo(model_id="owner/model", revision="abc", device="cpu", dtype="float32")
+INFO = ModelInfo(id="owner/model", revision="abc", device="cpu", precision="fp32", demo=False)
+
+
+class Model(str):
+    """A stand-in predictor: a string with the ``info`` a Service reports."""
+
+    info = INFO
 
 
 class Body(BaseModel):
@@ -49,7 +60,7 @@ def test_health_is_503_while_loading_then_200():
 
     def loader():
         release.wait(5)
-        return "the-model", INFO
+        return Model("the-model")
 
     service = Service("demo", loader)
     client = make_app(service)
@@ -64,8 +75,13 @@ def test_health_is_503_while_loading_then_200():
     assert service.wait_ready(5)
     body = client.get("/health").json()
     assert body["status"] == "ok"
-    assert (body["model_id"], body["revision"], body["device"]) == ("owner/model", "abc", "cpu")
+    assert body["space"] == "demo"
+    entry = body["models"]["model"]
+    assert (entry["id"], entry["revision"], entry["device"]) == ("owner/model", "abc", "cpu")
+    assert (entry["precision"], entry["demo"]) == ("fp32", False)
+    assert entry["load_s"] >= 0  # filled in by the Service, which timed the load
     assert body["uptime_s"] >= 0
+    assert body["not_loaded"] == []
     assert client.post("/echo", json={"text": "hi"}).json()["model"] == "the-model"
 
 
@@ -89,7 +105,7 @@ def test_failed_load_is_reported_not_hidden():
 
 
 def test_input_errors_are_422_with_message():
-    service = Service("demo", lambda: ("m", INFO))
+    service = Service("demo", lambda: Model("m"))
     service.start_loading(background=False)
     client = make_app(service)
     response = client.post("/echo", json={"text": ""})
@@ -139,7 +155,7 @@ def test_stats_track_counts_exceptions():
 
 
 def test_endpoint_decorator_turns_errors_into_gr_error():
-    service = Service("demo", lambda: ("m", INFO))
+    service = Service("demo", lambda: Model("m"))
 
     @service.endpoint("predict")
     def predict(text: str) -> str:
@@ -342,3 +358,212 @@ def test_configure_gradio_makes_the_queue_refresh_analytics_rarely(monkeypatch):
     monkeypatch.setenv("GRADIO_ANALYTICS_CACHE_FREQUENCY", "7")
     configure_gradio()
     assert os.environ["GRADIO_ANALYTICS_CACHE_FREQUENCY"] == "7"
+
+
+class Overloaded(RuntimeError):
+    pass
+
+
+class Unknown(LookupError):
+    pass
+
+
+class StrictInput(InputError):
+    pass
+
+
+def test_registry_health_lists_loaded_models_and_the_ones_not_loaded():
+    registry = {"base": INFO, "user": None}  # "user" is configured, loads on first use
+
+    service: Service[dict] = Service(
+        "tiers",
+        lambda: registry,
+        models=lambda r: {name: info for name, info in r.items() if info is not None},
+        not_loaded=lambda r: [name for name, info in r.items() if info is None],
+    )
+    code, body = service.health()
+    assert (code, body["status"], body["models"], body["not_loaded"]) == (503, "loading", {}, [])
+    service.start_loading(background=False)
+    code, body = service.health()
+    assert (code, body["status"]) == (200, "ok")
+    assert list(body["models"]) == ["base"]
+    assert body["not_loaded"] == ["user"]
+    registry["user"] = ModelInfo("o/m", None, "cpu", "bf16", True, load_s=1.234, extra={"a": 1})
+    entry = service.health()[1]["models"]["user"]
+    # A registry's own load time is kept; extra keys sit beside the fixed ones.
+    assert entry == {"id": "o/m", "revision": None, "device": "cpu", "precision": "bf16",
+                     "demo": True, "load_s": 1.23, "a": 1}  # fmt: skip
+
+
+def test_space_errors_share_one_boundary_over_http_and_gradio():
+    service = Service(
+        "demo",
+        lambda: Model("m"),
+        errors={
+            Overloaded: ErrorKind(429, "overloaded", message=lambda e: "Model is overloaded"),
+            Unknown: ErrorKind(404, "not_found", message=lambda e: str(e.args[0])),
+            StrictInput: ErrorKind(409, "conflict", headers={"X-Why": "revision"}),
+        },
+    )
+    service.start_loading(background=False)
+    app = FastAPI()
+    install_routes(app, service)
+    raised = {"overloaded": Overloaded("queue"), "unknown": Unknown("tier 'x'"),
+              "strict": StrictInput("revision b, not a"), "input": InputError("bad"),
+              "load": ModelLoadError("weights missing"), "boom": KeyError("internals")}  # fmt: skip
+
+    @app.get("/raise/{what}")
+    def fail(what: str) -> None:
+        raise raised[what]
+
+    client = TestClient(app, raise_server_exceptions=False)
+    answers = {what: client.get(f"/raise/{what}") for what in raised}
+    assert {w: (r.status_code, r.json()["error_type"]) for w, r in answers.items()} == {
+        "overloaded": (429, "overloaded"),
+        "unknown": (404, "not_found"),
+        "strict": (409, "conflict"),  # the subclass's kind wins over InputError's
+        "input": (422, "validation"),
+        "load": (503, "unavailable"),
+        "boom": (500, "internal"),
+    }
+    assert answers["overloaded"].json()["error"] == "Model is overloaded"
+    assert answers["unknown"].json()["error"] == "tier 'x'"
+    assert answers["strict"].headers["x-why"] == "revision"
+    assert "retry-after" not in answers["load"].headers  # a failed load: no point retrying
+    assert "internals" not in answers["boom"].text
+
+    @service.endpoint("gen")
+    def gen(what: str):
+        yield 1
+        raise raised[what]
+
+    for what, text in [("overloaded", "Model is overloaded"), ("unknown", "tier 'x'"),
+                       ("boom", "internal error in gen: KeyError")]:  # fmt: skip
+        with pytest.raises(gr.Error, match=text):
+            list(gen(what))
+
+
+def test_unknown_routes_and_wrong_methods_answer_the_error_body():
+    service = Service("demo", lambda: Model("m"))
+    client = make_app(service)
+    missing = client.get("/nowhere")
+    assert missing.status_code == 404
+    assert missing.json() == {"error": "Not Found", "error_type": "not_found"}
+    wrong = client.get("/echo")
+    assert wrong.status_code == 405
+    assert wrong.json()["error_type"] == "method_not_allowed"
+    assert wrong.headers["allow"] == "POST"
+
+
+class Doubler:
+    """A predictor: preprocess checks and parses, forward doubles a batch, postprocess labels."""
+
+    info = INFO
+
+    def __init__(self) -> None:
+        self.batches: list[list[int]] = []
+
+    def preprocess(self, item: object) -> int:
+        if not isinstance(item, int):
+            raise InputError(f"must be an int, got {type(item).__name__}")
+        return item
+
+    def forward(self, batch):
+        self.batches.append(list(batch))
+        return [2 * x for x in batch]
+
+    def postprocess(self, outputs, batch):
+        return [f"{x}->{y}" for x, y in zip(batch, outputs, strict=True)]
+
+
+def test_predict_runs_the_pipeline_and_names_the_bad_input():
+    model = Doubler()
+    assert predict(model, [1, 2]) == ["1->2", "2->4"]
+    assert model.batches == [[1, 2]]
+    assert predict(model, []) == []
+    with pytest.raises(InputError, match=r"^must be an int, got str$"):
+        predict(model, ["x"])
+    with pytest.raises(InputError, match=r"^text 2 of 3: must be an int, got str$"):
+        predict(model, [1, "x", 3], what="text")
+
+
+def test_batched_predictor_serves_the_same_pipeline_batched():
+    model = Doubler()
+    entered, gate = threading.Event(), threading.Event()
+    forward = model.forward
+
+    def slow_forward(batch):
+        entered.set()
+        gate.wait(5)
+        return forward(batch)
+
+    model.forward = slow_forward  # type: ignore[method-assign]
+    served = BatchedPredictor(model, what="text", max_batch_size=8)
+    assert served.info is INFO
+    results: dict[int, list[str]] = {}
+
+    def call(i: int) -> threading.Thread:
+        thread = threading.Thread(target=lambda: results.update({i: served.predict([i], 5)}))
+        thread.start()
+        return thread
+
+    threads = [call(0)]
+    assert entered.wait(5), "the first request never reached forward"
+    threads += [call(i) for i in range(1, 6)]
+    _wait_for(lambda: served.batcher.queued == 5, "five requests behind the first")
+    gate.set()
+    for t in threads:
+        t.join(5)
+    assert results == {i: [f"{i}->{2 * i}"] for i in range(6)}
+    assert len(model.batches) == 2  # the first alone, then the five waiting ones together
+    with pytest.raises(InputError, match="text 2 of 2: must be an int"):
+        served.predict([1, "x"])  # refused on the caller's thread, before any batch
+    assert len(model.batches) == 2
+
+
+def test_gradio_at_the_root_keeps_the_error_contract():
+    """Unknown paths and wrong methods reach the mounted Gradio app: same bodies, 404 and 405."""
+    service = Service("demo", lambda: Model("m"))
+    app = FastAPI()
+    install_routes(app, service)
+
+    @app.post("/api/predict")
+    def api_predict() -> int:
+        return 1
+
+    router = APIRouter()
+
+    @router.post("/tiers/{tier}/generate")
+    def generate(tier: str) -> str:
+        return tier
+
+    app.include_router(router)
+    with gr.Blocks() as demo:
+        gr.Textbox()
+    client = TestClient(mount_gradio(app, demo))
+    missing = client.get("/no/such/route")
+    assert (missing.status_code, missing.json()["error_type"]) == (404, "not_found")
+    for method, path, allow in [
+        ("post", "/health", "GET"),
+        ("get", "/api/predict", "POST"),
+        ("get", "/tiers/base/generate", "POST"),  # a route of an included router
+    ]:
+        wrong = getattr(client, method)(path)
+        assert (wrong.status_code, wrong.headers["allow"]) == (405, allow)
+        assert wrong.json()["error_type"] == "method_not_allowed"
+    assert client.get("/gradio_api/info").status_code == 200  # Gradio itself is untouched
+    assert "detail" in client.get("/gradio_api/file=/etc/passwd").json()
+
+
+def test_loading_banner_refreshes_until_the_load_is_over():
+    state = {"loading": True}
+    with gr.Blocks() as demo:
+        markdown = loading_banner(demo, lambda: (f"loading={state['loading']}", state["loading"]))
+    refresh = next(f for f in demo.fns.values() if markdown in f.outputs)
+    assert refresh.api_visibility == "private"
+    assert len(refresh.targets) == 2  # the page load and the timer's tick
+    text, timer = refresh.fn()
+    assert (text, timer.active) == ("loading=True", True)
+    state["loading"] = False
+    text, timer = refresh.fn()
+    assert (text, timer.active) == ("loading=False", False)  # the timer stops

@@ -5,6 +5,7 @@ company tier, an API key, and a user tier that takes one request at a time (for 
 from __future__ import annotations
 
 import json
+import re
 import time
 from pathlib import Path
 
@@ -68,6 +69,36 @@ def test_health_and_info_are_open(space):
     company = space.http.get("/tiers/company/info").json()
     assert company["adapter"] and company["tier"] == "company"
     assert space.http.get("/tiers/user/health").status_code == 200
+
+
+def test_health_lists_each_loaded_tier(space):
+    health = space.http.get("/health").json()
+    assert set(health) == {"status", "space", "uptime_s", "models", "not_loaded"}
+    assert health["space"] == "llm-tiers"
+    loaded = {t["tier"] for t in space.http.get("/tiers").json()["tiers"] if t["loaded"]}
+    assert "base" in loaded and set(health["models"]) == loaded
+    assert sorted(health["not_loaded"]) == sorted(set(TIERS) - loaded)
+    base = health["models"]["base"]
+    assert base["demo"] is True and base["precision"] == "fp32" and base["load_s"] > 0
+    assert {"id", "revision", "device", "adapter", "shares_weights_with"} <= set(base)
+
+
+def test_unknown_routes_answer_the_tgi_body(space):
+    for response in (
+        space.http.get("/nope"),
+        space.http.post("/v2/generate", json={}),
+        space.http.get("/tiers/base/nope"),
+    ):
+        assert response.status_code == 404, response.text
+        body = response.json()
+        assert set(body) == {"error", "error_type"} and body["error_type"] == "not_found"
+        assert response.request.url.path in body["error"]
+    wrong = space.http.get("/generate")
+    assert wrong.status_code == 405 and wrong.json()["error_type"] == "method_not_allowed"
+    assert wrong.headers["allow"] == "POST"
+    # Gradio's own routes are untouched.
+    assert space.http.get("/gradio_api/info").status_code == 200
+    assert space.http.get("/").status_code == 200
 
 
 def test_unknown_tier_is_404_listing_tiers(space):
@@ -162,6 +193,51 @@ def test_grammar_json_schema(space):
         Person.model_validate(json.loads(text))
 
 
+NOTE = {"type": "object", "properties": {"note": {"type": "string"}}, "required": ["note"]}
+
+
+@pytest.mark.parametrize("max_new_tokens", [9, 12, 20])
+def test_grammar_output_parses_whatever_the_budget(space, max_new_tokens):
+    """An unbounded string the demo model never closes on its own: the Space closes it."""
+    client = tgi(space, "base")
+    for seed in range(3):
+        out = client.text_generation(
+            "Write a note", max_new_tokens=max_new_tokens, seed=seed, do_sample=True,
+            temperature=1.5, grammar={"type": "json", "value": NOTE}, details=True,
+        )  # fmt: skip
+        assert isinstance(json.loads(out.generated_text)["note"], str), out.generated_text
+        assert out.details.generated_tokens <= max_new_tokens
+        if out.details.finish_reason == "length":
+            assert out.details.generated_tokens == max_new_tokens
+
+
+def test_regex_grammar_output_matches_whatever_the_budget(space):
+    pattern = "[A-Z][a-z]{2,40}, [0-9]{3}"
+    for budget in (12, 20):
+        text = tgi(space).text_generation(
+            "x", max_new_tokens=budget, seed=1, do_sample=True,
+            grammar={"type": "regex", "value": pattern},
+        )  # fmt: skip
+        assert re.fullmatch(pattern, text), text
+
+
+def test_grammar_budget_too_small_is_422_naming_the_minimum(space):
+    body = {"inputs": "x", "parameters": {"max_new_tokens": 1,
+                                          "grammar": {"type": "json", "value": NOTE}}}  # fmt: skip
+    response = post(space, "/generate", body)
+    assert response.status_code == 422 and response.json()["error_type"] == "validation"
+    assert re.search(
+        r"`max_new_tokens` must be at least \d+ for this grammar", response.json()["error"]
+    )
+    chat = openai_client(space).chat.completions.create(
+        model="base",
+        messages=[{"role": "user", "content": "Note?"}],
+        max_tokens=12,
+        response_format={"type": "json_schema", "json_schema": {"name": "n", "schema": NOTE}},
+    )
+    assert isinstance(json.loads(chat.choices[0].message.content)["note"], str)
+
+
 def test_bad_grammar_is_422(space):
     with pytest.raises(ValidationError, match="Grammar is not valid"):
         tgi(space).text_generation(
@@ -181,6 +257,31 @@ def test_api_generate_users_shape(space):
         assert set(answer.json()) == {"generated_text"}
     mismatch = post(space, "/api/generate", {**body, "revision": "v2"})
     assert mismatch.status_code == 409 and "revision" in mismatch.json()["error"]
+    assert mismatch.json()["error_type"] == "revision_mismatch"
+
+
+def _endpoint_stats(space, name):
+    return space.http.get("/stats").json()["endpoints"].get(name, {"count": 0, "errors": 0})
+
+
+def test_api_generate_stream_is_counted_as_api_generate(space):
+    before = _endpoint_stats(space, "company/api/generate")
+    streams_before = _endpoint_stats(space, "company/generate_stream")
+    body = {"inputs": "Hi", "parameters": {"max_new_tokens": 4}, "tier": "company", "stream": True}
+    with space.http.stream("POST", "/api/generate", json=body, headers=AUTH) as response:
+        assert response.status_code == 200
+        assert response.headers["cache-control"] == "no-cache"
+        assert response.headers["x-accel-buffering"] == "no"
+        events = [line for line in response.iter_lines() if line.startswith("data:")]
+    assert json.loads(events[-1][len("data:") :])["generated_text"] is not None
+    refused = post(space, "/api/generate", {**body, "parameters": {"max_new_tokens": 5000}})
+    assert refused.status_code == 422
+    malformed = post(space, "/api/generate", {**body, "parameters": {"max_new_tokens": "x"}})
+    assert malformed.status_code == 422
+    assert malformed.json()["error"].startswith("Input validation error: ")
+    after = _endpoint_stats(space, "company/api/generate")
+    assert after["count"] == before["count"] + 3 and after["errors"] == before["errors"] + 2
+    assert _endpoint_stats(space, "company/generate_stream") == streams_before
 
 
 # ---- OpenAI -------------------------------------------------------------------------------------
@@ -334,6 +435,14 @@ def test_tiers_share_weights_and_adapter_changes_output(space):
 
 
 # ---- Gradio ------------------------------------------------------------------------------------
+
+
+def test_gradio_predict_needs_only_the_prompt(space):
+    assert isinstance(space.client.predict("Hello", api_name="/predict"), str)
+    info = space.http.get("/gradio_api/info").json()["named_endpoints"]["/predict"]
+    optional = {p["parameter_name"]: p["parameter_has_default"] for p in info["parameters"]}
+    assert optional == {"prompt": False, "tier": True, "max_new_tokens": True,
+                        "temperature": True, "context": True}  # fmt: skip
 
 
 def test_gradio_predict_and_context(space):

@@ -1,4 +1,7 @@
-"""Unit tests of the pure parts: config, detokenizer, batching, sampling, grammar."""
+"""Unit tests of the Space's pure parts: config, tier registry, the predictor's validation.
+
+The engine, grammars and model registry are ``shared.llm``'s (tests/shared/test_llm.py).
+"""
 
 from __future__ import annotations
 
@@ -6,154 +9,143 @@ import json
 from pathlib import Path
 
 import pytest
-from hypothesis import given, settings
-from hypothesis import strategies as st
-from pydantic import BaseModel, Field
 
-from engine import BatchEngine, GenerationRequest, IncrementalDetokenizer, SamplingOptions
-from grammar import GrammarCache
+from api import ERRORS, AuthError, RevisionMismatch
+from predictor import TierGenerator
+from protocol import GenerateParameters, Grammar
+from shared.config import ConfigError
 from shared.errors import InputError, ModelLoadError
-from tiers import TierNotFound, load_config
+from shared.llm import (
+    CausalLMRegistry,
+    EngineOverloaded,
+    GenerationCancelled,
+    GenerationFailed,
+    ModelSpec,
+)
+from shared.serving import Service
+from tiers import TierNotFound, TierRegistry, load_space_config
+from ui import tier_table
 
 SPACE_DIR = Path(__file__).resolve().parent.parent
-
-
-@pytest.fixture(scope="module")
-def tiny(demo_models):
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    path = demo_models["llm-tiers"]["TIER_BASE_MODEL"]
-    tokenizer = AutoTokenizer.from_pretrained(path)
-    model = AutoModelForCausalLM.from_pretrained(path).eval()
-    engine = BatchEngine(model, tokenizer, max_batch_size=4, max_concurrent_requests=8)
-    yield model, tokenizer, engine
-    engine.stop()
-
-
-def _ids(tokenizer, text):
-    return tuple(tokenizer(text)["input_ids"])
+CONFIG = SPACE_DIR / "config.yaml"
 
 
 def test_config_env_overrides_and_sharing():
-    config = load_config(
-        SPACE_DIR / "tiers.yaml",
+    config = load_space_config(
+        CONFIG,
         {"TIER_BASE_MODEL": "/m/base", "TIER_USER_MAX_NEW_TOKENS": "7", "OTHER": "x"},
     )
     assert list(config.tiers) == ["base", "company", "abstraction", "user"]
     assert config.resolved("company").model == "/m/base"  # base_tier follows base's model
     assert config.tier("user").limits.max_new_tokens == 7
+    assert config.preload == ["base"]
     with pytest.raises(TierNotFound, match="configured tiers: base, company"):
         config.tier("nope")
 
 
-def test_config_errors_name_the_problem(tmp_path):
-    bad = tmp_path / "tiers.yaml"
-    bad.write_text("tiers:\n  a: {base_tier: b}\n")
-    with pytest.raises(ModelLoadError, match="base_tier 'b' must be another configured tier"):
-        load_config(bad, default_tier="a")
-    with pytest.raises(ModelLoadError, match="default_tier 'base' is not one of"):
-        load_config(bad, {"TIER_A_MODEL": "/x"})
-
-
-@settings(max_examples=40, deadline=None)
-@given(st.text(alphabet=st.characters(min_codepoint=32, max_codepoint=126), min_size=1))
-def test_detokenizer_deltas_add_up_to_the_text(tiny, text):
-    _, tokenizer, _ = tiny
-    ids = tokenizer(text, add_special_tokens=False)["input_ids"]
-    detok = IncrementalDetokenizer(tokenizer)
-    assert "".join(detok.add(i) for i in ids) == tokenizer.decode(ids)
-
-
-def test_batched_decoding_matches_one_at_a_time(tiny):
-    _, tokenizer, engine = tiny
-    prompts = ["Hi", "a somewhat longer prompt than the first", "x y z"]
-    solo = [
-        engine.generate(GenerationRequest(_ids(tokenizer, p), 12, ignore_eos=True)) for p in prompts
-    ]
-    streams = [
-        engine.submit(GenerationRequest(_ids(tokenizer, p), 12 + 4 * i, ignore_eos=True))
-        for i, p in enumerate(prompts)
-    ]
-    batched = [s.collect() for s in streams]
-    for one, many in zip(solo, batched, strict=True):
-        assert [t.id for t in many.tokens][:12] == [t.id for t in one.tokens]
-    assert [r.generated_tokens for r in batched] == [12, 16, 20]
-
-
-def test_seed_reproduces_sampling(tiny):
-    _, tokenizer, engine = tiny
-
-    def run(seed):
-        sampling = SamplingOptions(do_sample=True, temperature=0.9, top_k=50, seed=seed)
-        return engine.generate(GenerationRequest(_ids(tokenizer, "hello"), 16, sampling)).text
-
-    assert run(7) == run(7)
-    assert len({run(s) for s in range(4)}) > 1
-
-
-class Person(BaseModel):
-    name: str = Field(max_length=12)
-    age: int = Field(ge=0, le=120)
-    tags: list[str] = Field(max_length=3)
-
-
-def test_grammar_output_parses_and_validates(tiny):
-    model, tokenizer, engine = tiny
-    cache = GrammarCache(tokenizer, model.config.vocab_size)
-    grammar = cache.json_schema(Person.model_json_schema())
-    for seed in range(8):
-        sampling = SamplingOptions(do_sample=True, seed=seed)
-        request = GenerationRequest(_ids(tokenizer, "json"), 300, sampling, grammar=grammar)
-        result = engine.generate(request)
-        assert result.finish_reason == "eos_token", result.text
-        Person.model_validate(json.loads(result.text))
-
-
-def test_bad_schema_is_an_input_error(tiny):
-    model, tokenizer, _ = tiny
-    cache = GrammarCache(tokenizer, model.config.vocab_size)
-    with pytest.raises(InputError, match="Grammar is not valid"):
-        cache.json_schema({"type": "nonsense"})
-
-
-def test_stop_sequence_ends_generation(tiny):
-    _, tokenizer, engine = tiny
-    sampling = SamplingOptions(do_sample=True, seed=3)
-    full = engine.generate(GenerationRequest(_ids(tokenizer, "s"), 40, sampling, ignore_eos=True))
-    stop = full.text[5:7]
-    cut = engine.generate(GenerationRequest(_ids(tokenizer, "s"), 40, sampling, stop=(stop,)))
-    assert cut.finish_reason == "stop_sequence"
-    assert cut.text.endswith(stop) and full.text.startswith(cut.text)
-
-
-def test_memory_budget_evicts_the_least_recently_used_model(demo_models, tmp_path):
-    import shutil
-
-    from tiers import TierRegistry
-
-    source = Path(demo_models["llm-tiers"]["TIER_BASE_MODEL"])
-    paths = {}
-    for tier in ("base", "company", "user"):
-        paths[tier] = tmp_path / tier
-        shutil.copytree(source, paths[tier])
-    size_gb = (source / "model.safetensors").stat().st_size / 2**30
-    config = load_config(
-        SPACE_DIR / "tiers.yaml",
-        {f"TIER_{t.upper()}_MODEL": str(p) for t, p in paths.items()},
-        memory_budget_gb=2.5 * size_gb,  # room for two of the three models
+def test_env_adds_a_tier_and_unsets_fields():
+    config = load_space_config(
+        CONFIG,
+        {
+            "TIER_GOLD_MODEL": "owner/gold@v2",
+            "TIER_GOLD_DTYPE": "bfloat16",  # sorts before _MODEL: still the new tier's
+            "TIER_COMPANY_MODEL": "/m/company",  # its own model: no longer base's weights
+            "TIER_USER_BASE_TIER": "",
+            "TIER_USER_MODEL": "/m/user",
+            "PRELOAD_TIERS": "base, gold",
+        },
     )
-    registry = TierRegistry(config, device="cpu")
-    try:
-        registry.get("base")
-        registry.get("company")
-        registry.get("base")  # company is now the least recently used
-        registry.get("user")
-        assert registry.loaded("base") is not None
-        assert registry.loaded("user") is not None
-        assert registry.loaded("company") is None
-        assert len(registry.models()) == 2
-        registry.get("company")  # loads again on demand, evicting base
-        assert registry.loaded("base") is None
-        assert registry.loaded("company") is not None
-    finally:
-        registry.shutdown()
+    assert config.tier("gold").dtype == "bfloat16"
+    assert config.tier("company").base_tier is None
+    assert config.resolved("user").model == "/m/user"
+    assert config.preload == ["base", "gold"]
+    registry = TierRegistry(config, CausalLMRegistry(device="cpu"))
+    assert registry.spec("gold") == ModelSpec("owner/gold", "v2", dtype="bfloat16")
+
+
+def test_config_errors_name_the_problem(tmp_path):
+    bad = tmp_path / "config.yaml"
+    bad.write_text("tiers:\n  a: {base_tier: b}\n")
+    with pytest.raises(ConfigError, match="base_tier: must be another configured tier"):
+        load_space_config(bad, {"DEFAULT_TIER": "a"})
+    with pytest.raises(ConfigError, match=r"default_tier='base': .*'base' is not a configured"):
+        load_space_config(bad, {"TIER_A_MODEL": "/x"})
+
+
+@pytest.mark.parametrize(
+    ("env", "needle"),
+    [
+        ({"MEMORY_BUDGET_GB": "lots"}, "MEMORY_BUDGET_GB='lots': memory_budget_gb: "),
+        ({"TIER_BASE_DTYPE": "float8"}, "TIER_BASE_DTYPE='float8': tiers.base.dtype: "),
+        ({"DEFAULT_TIER": "nope"}, "DEFAULT_TIER='nope': default_tier: "),
+        ({"PRELOAD_TIERS": "base,gold"}, "PRELOAD_TIERS='base,gold': preload_tiers: "),
+        ({"DEVICE": "tpu"}, "DEVICE='tpu': device: "),
+        ({"TIER_USER_MAX_BATCH_SIZE": "0"}, "TIER_USER_MAX_BATCH_SIZE='0': "),
+        ({"TIER_USER_BASE_TIER": "gold"}, "TIER_USER_BASE_TIER='gold': tiers.user.base_tier: "),
+    ],
+)
+def test_bad_environment_is_one_line_naming_it(env, needle):
+    with pytest.raises(ConfigError) as caught:
+        load_space_config(CONFIG, env)
+    message = str(caught.value)
+    assert needle in message and "\n" not in message
+
+
+@pytest.fixture(scope="module")
+def generator(demo_models):
+    env = dict(demo_models["llm-tiers"])
+    registry = TierRegistry(load_space_config(CONFIG, env), CausalLMRegistry(device="cpu"))
+    yield TierGenerator(registry)
+    registry.shutdown()
+
+
+def test_tiers_share_one_model_and_report_it(generator):
+    generator.preload(["base", "user"])
+    registry = generator.registry
+    assert registry.get("base") is registry.get("abstraction")
+    assert registry.sharing("base") == ["company", "abstraction", "user"]
+    infos = generator.model_infos()
+    assert set(infos) == {"base", "company", "abstraction", "user"}
+    assert infos["base"].precision == "fp32" and infos["base"].demo
+    assert generator.not_loaded() == []
+    # The UI's table shows what /tiers says (a local folder has no revision).
+    rows = generator.describe_tiers()
+    assert [row["revision"] for row in rows] == [None] * 4
+    assert [row[2] for row in tier_table(generator)] == [""] * 4
+
+
+def test_prepare_refuses_a_grammar_budget_too_small_to_finish(generator):
+    schema = {"type": "object", "properties": {"note": {"type": "string"}}, "required": ["note"]}
+    grammar = Grammar(type="json", value=schema)
+    shortest = generator.registry.get("base").grammars.json_schema(schema).min_new_tokens
+    assert shortest and shortest > 1
+    with pytest.raises(InputError, match=f"`max_new_tokens` must be at least {shortest}"):
+        generator.prepare("base", "x", GenerateParameters(max_new_tokens=1, grammar=grammar))
+    prepared = generator.prepare(
+        "base", "x", GenerateParameters(max_new_tokens=shortest, grammar=grammar)
+    )
+    assert prepared.request.max_new_tokens == shortest
+
+
+@pytest.mark.parametrize(
+    ("error", "status", "error_type", "headers"),
+    [
+        (TierNotFound("tier 'x' is not configured"), 404, "not_found", {}),
+        (EngineOverloaded("queue full"), 429, "overloaded", {}),
+        (GenerationFailed("generation failed: OOM"), 424, "generation", {}),
+        (AuthError("missing token"), 401, "authentication", {"www-authenticate": "Bearer"}),
+        (RevisionMismatch("serves main, not 'v2'"), 409, "revision_mismatch", {}),
+        (InputError("`inputs` cannot be empty"), 422, "validation", {}),
+        (GenerationCancelled("the client went away"), 499, "cancelled", {}),
+        (ModelLoadError("could not fetch x"), 503, "unavailable", {}),
+    ],
+)
+def test_errors_answer_tgi_status_and_body(error, status, error_type, headers):
+    service = Service("llm-tiers", lambda: None, errors=ERRORS)
+    response = service.error_response(error)
+    assert response.status_code == status
+    body = json.loads(response.body)
+    assert body["error_type"] == error_type
+    assert body["error"] == ("Model is overloaded" if status == 429 else str(error))
+    assert {k: v for k, v in response.headers.items() if k in ("www-authenticate",)} == headers
+    assert "retry-after" not in response.headers  # a failed load will not fix itself

@@ -13,8 +13,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
-from evaluate import bias_warnings, build_report, calibrate_threshold, main, write_threshold
+from evaluate import LABELS, build_report, main, write_threshold
 from scripts.launcher import ONNX_CACHE_DIR
+from shared.metrics import bias_warnings, calibrate_threshold
 
 SPACE = Path(__file__).resolve().parent.parent
 
@@ -27,7 +28,7 @@ def test_report_on_known_predictions():
     assert report.classes["harmful"].precision == pytest.approx(2 / 3)
     assert report.classes["harmful"].recall == pytest.approx(0.5)
     assert report.classes["safe"].recall == pytest.approx(0.75)
-    assert report.harmful_rate == pytest.approx(3 / 8)
+    assert report.positive_rate == pytest.approx(3 / 8)
     assert report.roc_auc == pytest.approx(14 / 16)  # harmful outscores safe in 14 of 16 pairs
     assert report.accuracy == pytest.approx(5 / 8)
 
@@ -48,7 +49,7 @@ def test_no_warning_for_a_good_model():
 def test_bias_to_harmful_is_called_out():
     report = build_report(np.array([1, 0, 0, 0]), np.array([0.9, 0.8, 0.7, 0.2]), 0.5, "m")
     assert any("biased to harmful" in w for w in report.warnings)
-    assert bias_warnings(report.classes, 0.55, 0.75)[-1].startswith("ROC-AUC 0.55")
+    assert bias_warnings(report.classes, 0.55, 0.75, LABELS)[-1].startswith("ROC-AUC 0.55")
 
 
 def test_calibrate_best_f1():
@@ -151,8 +152,13 @@ def test_cli_errors_are_one_line_and_exit_2(demo_models, tmp_path, capsys, data,
 @pytest.mark.parametrize(
     ("config", "data", "message"),
     [
-        ("threshold: [0.5\n", b'{"text": "x", "label": "safe"}\n', r"is not a valid YAML"),
-        ("threshold: abc\n", b'{"text": "x", "label": "safe"}\n', r"threshold in .* a number"),
+        ("threshold: [0.5\n", b'{"text": "x", "label": "safe"}\n', r"is not valid YAML"),
+        (
+            "threshold: abc\n",
+            b'{"text": "x", "label": "safe"}\n',
+            r"config\.yaml: threshold='abc': Input should be a valid number",
+        ),
+        ("runtime: torch\n", b'{"text": "x", "label": "safe"}\n', r"unknown key 'runtime'"),
         (None, b"\xff\xfe\x00", r"bad\.jsonl is not UTF-8 text"),
     ],
 )
@@ -185,6 +191,15 @@ def test_cli_calibration_refuses_one_class_data_and_keeps_the_threshold(
     assert exit_.value.code == 2
     assert "only one class; the threshold was not changed" in capsys.readouterr().err
     assert config.read_text() == (SPACE / "config.yaml").read_text()
+
+
+def test_cli_threshold_out_of_range_names_the_option(tmp_path, capsys):
+    (tmp_path / "x.jsonl").write_text('{"text": "x", "label": "safe"}\n')
+    with pytest.raises(SystemExit) as exit_:
+        main([str(tmp_path / "x.jsonl"), "--threshold", "1.5"])
+    assert exit_.value.code == 2
+    err = capsys.readouterr().err
+    assert "--threshold=1.5: threshold: Input should be less than or equal to 1" in err
 
 
 @pytest.mark.parametrize("recall", ["0", "1.5", "-0.1"])

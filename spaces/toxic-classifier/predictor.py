@@ -2,25 +2,29 @@
 
 preprocess (clean, limits, Arabic normalisation, tokenize) -> forward (pad, model, under
 ``torch.inference_mode``) -> postprocess (softmax or sigmoid, raw labels mapped onto
-``harmful``/``safe`` through ``shared.labels``, the threshold rule). The Space, the evaluate
-command and the benchmark all call :class:`ToxicityClassifier`.
+``harmful``/``safe`` through ``shared.labels``, the threshold rule). The Space serves
+:class:`ToxicityClassifier` behind ``shared.serving.BatchedPredictor``; the tests, the evaluate
+command and the benchmark call :meth:`ToxicityClassifier.classify`, the same three steps.
 """
 
 from __future__ import annotations
 
 import itertools
 import logging
+import re
 import threading
-from collections.abc import Callable, Mapping, Sequence
-from dataclasses import asdict, dataclass, field, replace
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Literal
+from types import MappingProxyType
+from typing import Any, Final, Literal
 
 import torch
-import yaml
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from shared.config import Override, load_config
 from shared.errors import InputError, ModelLoadError
-from shared.labels import TOXICITY_ALIASES, LabelMapper, LabelMappingError, load_label_map
+from shared.labels import LABEL_MAP_FILENAME, LabelMapper
 from shared.models import (
     TRANSFORMERS_WEIGHTS,
     ModelSource,
@@ -28,6 +32,7 @@ from shared.models import (
     resolve_model,
     select_device,
 )
+from shared.serving import ModelInfo, predict
 from shared.text import ArabicNormalization, TextLimits, check_text, normalize_arabic
 
 logger = logging.getLogger(__name__)
@@ -35,84 +40,182 @@ logger = logging.getLogger(__name__)
 CANONICAL = ("harmful", "safe")
 CONFIG_PATH = Path(__file__).with_name("config.yaml")
 Precision = Literal["fp32", "bf16", "int8"]
-Runtime = Literal["onnxruntime", "torch"]
 
 
-@dataclass(frozen=True)
-class ClassifierConfig:
-    """Everything about the model and the decision rule that is not the weights."""
+# -- label names --------------------------------------------------------------------------------
+
+
+def _alias_key(label: str) -> str:
+    """``Non-Toxic``, ``non_toxic`` and ``non toxic`` are one alias: ``nontoxic``."""
+    return re.sub(r"[-_\s]+", "", label).casefold()
+
+
+#: Common raw label names of toxicity, offensive-language and hate-speech classifiers (Jigsaw,
+#: OLID/OffensEval, OSACT, HateXplain, ...) mapped to ``harmful`` / ``safe``; used when the
+#: config says ``label_map: aliases``. Matching ignores case, ``-``, ``_`` and spaces, so
+#: ``NOT_OFF`` also matches ``not-off``.
+TOXICITY_ALIASES: Final[Mapping[str, str]] = MappingProxyType(
+    {
+        **dict.fromkeys(
+            [
+                "harmful",
+                "unsafe",
+                "toxic",
+                "toxicity",
+                "severe_toxic",
+                "severe_toxicity",
+                "obscene",
+                "threat",
+                "insult",
+                "identity_hate",
+                "identity_attack",
+                "sexual_explicit",
+                "offensive",
+                "offensive_language",
+                "OFF",
+                "hate",
+                "hateful",
+                "hate_speech",
+                "HS",
+                "abusive",
+                "abuse",
+                "profanity",
+                "profane",
+                "harassment",
+                "bullying",
+                "cyberbullying",
+                "racism",
+                "sexism",
+                "vulgar",
+            ],
+            "harmful",
+        ),
+        **dict.fromkeys(
+            [
+                "safe",
+                "non-toxic",
+                "not_toxic",
+                "not offensive",
+                "non_offensive",
+                "NOT_OFF",
+                "NOT",
+                "not_hate",
+                "non_hate",
+                "NOT_HS",
+                "not_abusive",
+                "non_abusive",
+                "clean",
+                "neutral",
+                "normal",
+                "neither",
+                "none",
+                "benign",
+                "acceptable",
+                "ok",
+            ],
+            "safe",
+        ),
+    }
+)
+_ALIASES_BY_KEY = {_alias_key(alias): target for alias, target in TOXICITY_ALIASES.items()}
+# transformers' placeholder names (id2label when nobody named the classes): LABEL_1 is toxic in
+# one checkpoint and safe in another, so only an explicit map may place it.
+_GENERIC_LABEL = re.compile(r"LABEL_\d+", re.IGNORECASE)
+
+
+def alias_label_map(model_labels: Iterable[str]) -> dict[str, str]:
+    """The model's labels that :data:`TOXICITY_ALIASES` knows, mapped to harmful/safe.
+
+    Generic ``LABEL_<n>`` names are never guessed; a label the table lacks is left out, and
+    ``LabelMapper.build`` then refuses the model, listing its labels.
+    """
+    return {
+        raw: _ALIASES_BY_KEY[_alias_key(raw)]
+        for raw in model_labels
+        if not _GENERIC_LABEL.fullmatch(raw) and _alias_key(raw) in _ALIASES_BY_KEY
+    }
+
+
+# -- settings -----------------------------------------------------------------------------------
+
+
+class Settings(BaseModel):
+    """Everything about the model, the decision rule and its serving that is not the weights.
+
+    ``config.yaml`` holds the Space's values; :func:`load_settings` reads it with overrides.
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True, protected_namespaces=())
 
     # Hub repo id or local directory of the model.
     model_id: str = "Bisharababish/arabert-toxic-classifier"
     # Hub revision; None means the default branch.
     revision: str | None = None
     # harmful iff p(harmful) >= threshold.
-    threshold: float = 0.5
-    # Raw model label -> canonical label, for models without a label_map.json.
-    label_map: Mapping[str, str] = field(default_factory=dict)
-    # The Arabic normalisation the model was trained with.
-    normalization: ArabicNormalization = field(default_factory=ArabicNormalization.arabert_v02)
+    threshold: float = Field(0.5, ge=0.0, le=1.0)
+    # Raw model label -> harmful/safe for a model without a label_map.json of its own, or
+    # "aliases": map the model's label names through TOXICITY_ALIASES.
+    label_map: dict[str, str] | Literal["aliases"] = Field(default_factory=dict)
+    # The Arabic normalisation the model was trained with: arabert_v02, none, or step options.
+    normalization: ArabicNormalization = Field(default_factory=ArabicNormalization.arabert_v02)
     # Longest accepted input, in characters.
-    max_chars: int = 20_000
+    max_chars: int = Field(20_000, ge=1)
     # Most texts in one predict_batch call.
-    max_batch: int = 64
-    # Numeric precision of the forward pass on CPU.
+    max_batch: int = Field(64, ge=1)
+    # Precision of the forward pass; int8 on CPU runs the model's int8 ONNX export in ONNX
+    # Runtime, and a GPU runs bf16 (or fp32) instead.
     precision: Precision = "fp32"
-    # What runs int8 on CPU: "onnxruntime" (an int8 ONNX export, cached) or "torch" (eager
-    # dynamic int8 Linear layers). fp32, bf16 and GPUs always run in torch.
-    runtime: Runtime = "onnxruntime"
     # Most padded tokens in one forward pass; bigger batches are cut into length-sorted chunks.
-    batch_tokens: int = 512
+    batch_tokens: int = Field(512, ge=1)
     # Batches run at once, each on its share of the cores (the Space's batcher threads).
-    workers: int = 1
+    workers: int = Field(1, ge=1)
     # "auto" (a GPU when one is visible), "cpu" or "cuda".
     device: Literal["auto", "cpu", "cuda"] = "auto"
 
+    @field_validator("normalization", mode="before")
     @classmethod
-    def load(cls, path: Path = CONFIG_PATH, **overrides: Any) -> ClassifierConfig:
-        """Read the Space config file, then apply non-None ``overrides`` (from env vars).
+    def _normalization(cls, value: object) -> object:
+        """A preset name (``arabert_v02`` or ``none``) or a mapping of step options."""
+        if isinstance(value, Mapping):
+            return ArabicNormalization.from_dict(value)
+        if isinstance(value, str):
+            presets = {"arabert_v02": ArabicNormalization.arabert_v02,
+                       "none": ArabicNormalization.none}  # fmt: skip
+            if value not in presets:
+                raise ValueError(f"use one of {sorted(presets)} or a mapping of step options")
+            return presets[value]()
+        return value
 
-        Args:
-            path: The YAML config file.
-            **overrides: Field values that win over the file (None values are ignored).
+    @field_validator("label_map", mode="before")
+    @classmethod
+    def _aliases_or_mapping(cls, value: object) -> object:
+        if isinstance(value, str) and value != "aliases":
+            raise ValueError("use a mapping of model labels to harmful/safe, or 'aliases'")
+        return value
 
-        Returns:
-            The configuration.
+    @field_validator("label_map")
+    @classmethod
+    def _targets(cls, value: dict[str, str] | str) -> dict[str, str] | str:
+        """Every target is harmful or safe (ignoring case), checked even when a model's own
+        label_map.json makes the map unused, so a typo never passes unseen."""
+        if isinstance(value, dict):
+            wrong = {raw: t for raw, t in value.items() if t.casefold() not in CANONICAL}
+            if wrong:
+                raise ValueError(f"maps {wrong}; targets must be one of {list(CANONICAL)}")
+        return value
 
-        Raises:
-            ModelLoadError: the file is not YAML, or a key or value is wrong; the message
-                names the file and the key.
-        """
-        try:
-            raw: dict[str, Any] = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
-        except UnicodeDecodeError as e:
-            raise ModelLoadError(f"{path} is not UTF-8 text ({e})") from e
-        except yaml.YAMLError as e:
-            mark = getattr(e, "problem_mark", None)
-            where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
-            problem = getattr(e, "problem", None) or str(e).splitlines()[0]
-            raise ModelLoadError(f"{path} is not a valid YAML config ({problem}{where})") from e
-        if not isinstance(raw, dict):
-            raise ModelLoadError(f"{path} must be a YAML mapping of keys to values")
-        raw |= {k: v for k, v in overrides.items() if v is not None}
-        known = set(cls.__dataclass_fields__)
-        unknown = sorted(set(raw) - known)
-        if unknown:
-            raise ModelLoadError(f"unknown keys {unknown} in {path}; valid keys: {sorted(known)}")
-        raw["normalization"] = _normalization(raw.get("normalization", "arabert_v02"))
-        raw["threshold"] = _number(raw.get("threshold", cls.threshold), float, "threshold", path)
-        if not 0.0 <= raw["threshold"] <= 1.0:
-            raise ModelLoadError(f"threshold must be in [0, 1], got {raw['threshold']}")
-        if raw.get("precision", "fp32") not in ("fp32", "bf16", "int8"):
-            raise ModelLoadError(f"precision must be fp32, bf16 or int8, got {raw['precision']!r}")
-        if raw.get("runtime", "onnxruntime") not in ("onnxruntime", "torch"):
-            raise ModelLoadError(f"runtime must be onnxruntime or torch, got {raw['runtime']!r}")
-        raw["workers"] = _number(raw.get("workers", cls.workers), int, "workers", path)
-        if raw["workers"] < 1:
-            raise ModelLoadError(f"workers must be at least 1, got {raw['workers']}")
-        if raw.get("device", "auto") not in ("auto", "cpu", "cuda"):
-            raise ModelLoadError(f"device must be auto, cpu or cuda, got {raw['device']!r}")
-        return cls(**raw)
+
+def load_settings(path: Path = CONFIG_PATH, overrides: Iterable[Override] = ()) -> Settings:
+    """The Space's settings: ``path`` (``config.yaml``) with ``overrides`` on top.
+
+    Raises:
+        shared.config.ConfigError: one line naming the variable or key, the value and what
+            is allowed.
+    """
+    return load_config(Settings, path, overrides)
+
+
+# -- results ------------------------------------------------------------------------------------
 
 
 @dataclass(frozen=True)
@@ -156,67 +259,6 @@ class Prepared:
         return len(self.input_ids)
 
 
-def _number(value: object, kind: type[float] | type[int], key: str, path: Path) -> Any:
-    """``kind(value)``, or a ModelLoadError naming the key and the file."""
-    try:
-        return kind(value)  # type: ignore[arg-type]
-    except (TypeError, ValueError) as e:
-        raise ModelLoadError(f"{key} in {path} must be a number, got {value!r}") from e
-
-
-def _config_label_map(
-    label_map: Mapping[str, str],
-    model_labels: Sequence[str],
-    label_map_file: Path | None,
-    model_ref: str,
-) -> dict[str, str] | None:
-    """The config's ``label_map``, where it applies to this model.
-
-    It is written for the production checkpoint, so it is set aside (with a warning) for a
-    model whose own ``label_map.json`` maps every label, and for a model that has none of the
-    labels it names (another checkpoint's ``LABEL_0``/``LABEL_1`` on a model with named
-    labels), which then maps through the alias and name rules. Otherwise it is used label by
-    label after ``label_map.json``, and :meth:`LabelMapper.build` refuses a map that names some
-    of the model's labels and others it lacks (a typo, not another checkpoint).
-
-    Raises:
-        LabelMappingError: a target is not ``harmful`` or ``safe`` (checked even for a map
-            that is set aside, so a typo in it never passes unseen).
-    """
-    if not label_map:
-        return None
-    # Targets match ignoring case, as LabelMapper.build matches them.
-    canonical = {label.casefold() for label in CANONICAL}
-    wrong = {
-        raw: target
-        for raw, target in label_map.items()
-        if not isinstance(target, str) or target.casefold() not in canonical
-    }
-    if wrong:
-        raise LabelMappingError(
-            f"the Space's label_map maps {wrong}; targets must be one of {list(CANONICAL)}"
-        )
-    own = (load_label_map(label_map_file.parent) or {}) if label_map_file is not None else {}
-    if set(model_labels) <= set(own):
-        # Only worth a warning when the two maps disagree (the demo models agree).
-        differ = {
-            raw: {"config": target, "label_map.json": own[raw]}
-            for raw, target in label_map.items()
-            if raw in own and target.casefold() != own[raw].casefold()
-        }
-        level = logging.WARNING if differ else logging.INFO
-        reason = f"its label_map.json maps all of {list(model_labels)}"
-        if differ:
-            reason += f", differently: {differ}"
-    elif not set(label_map) & set(model_labels):
-        level = logging.INFO
-        reason = f"it has none of those labels (its labels: {list(model_labels)})"
-    else:
-        return dict(label_map)
-    logger.log(level, "%s: config label_map %s not used: %s", model_ref, sorted(label_map), reason)
-    return None
-
-
 def plan_chunks(lengths: Sequence[int], budget: int) -> list[tuple[int, int]]:
     """Cut length-sorted texts into forward passes of at most ``budget`` padded tokens.
 
@@ -250,43 +292,50 @@ def plan_chunks(lengths: Sequence[int], budget: int) -> list[tuple[int, int]]:
 
 
 class ToxicityClassifier:
-    """A sequence classifier behind the harmful/safe decision rule.
+    """A sequence classifier behind the harmful/safe decision rule (a ``shared.serving``
+    predictor: :meth:`preprocess` -> :meth:`forward` -> :meth:`postprocess`).
 
     Args:
         model: A transformers sequence-classification model in eval mode, or an
             ``shared.quantize.OnnxModel`` (anything called as ``model(**inputs).logits`` with a
             transformers ``config``).
         tokenizer: Its tokenizer.
-        config: The Space configuration.
+        settings: The Space's settings.
         model_ref: ``id@revision`` reported in every verdict.
         demo: True when the weights are the offline demo weights.
-        label_map_file: A ``label_map.json`` beside the model; it wins over the config's map.
+        label_map_file: The model's ``label_map.json`` (a missing file is skipped); it wins over
+            the settings' ``label_map``.
+        threads: Intra-op threads the model was loaded with, for ``/health``.
     """
 
     def __init__(
         self,
         model: Any,
         tokenizer: Any,
-        config: ClassifierConfig,
+        settings: Settings,
         model_ref: str,
         *,
         demo: bool = False,
         label_map_file: Path | None = None,
+        threads: int | None = None,
     ) -> None:
         self.model = model
         self.tokenizer = tokenizer
-        self.config = config
+        self.settings = settings
         self.model_ref = model_ref
         self.demo = demo
+        self.threads = threads
         labels = [model.config.id2label[i] for i in range(model.config.num_labels)]
         self.raw_labels = labels
         self.multi_label = model.config.problem_type == "multi_label_classification"
+        config_map = settings.label_map
+        if config_map == "aliases":
+            config_map = alias_label_map(labels)
         self.mapper = LabelMapper.build(
             labels,
             CANONICAL,
-            explicit=_config_label_map(config.label_map, labels, label_map_file, model_ref),
-            aliases=TOXICITY_ALIASES,
             label_map_file=label_map_file,
+            config_map=config_map,
             complement="safe",
         )
         positions = getattr(model.config, "max_position_embeddings", 512)
@@ -300,7 +349,7 @@ class ToxicityClassifier:
                 "so texts of different lengths cannot share a batch; set pad_token_id in "
                 "config.json"
             )
-        self.limits = TextLimits(max_chars=config.max_chars)
+        self.limits = TextLimits(max_chars=settings.max_chars)
         self.device = str(model.device)
         # True when an int8 ONNX export runs in ONNX Runtime (shared.quantize.OnnxModel).
         self.onnx = getattr(model, "runtime", "torch") == "onnxruntime"
@@ -308,21 +357,21 @@ class ToxicityClassifier:
     @classmethod
     def load(
         cls,
-        config: ClassifierConfig,
+        settings: Settings,
         *,
         token: str | None = None,
-        num_threads: int | None = None,
+        threads: int | None = None,
         cache_dir: Path | None = None,
     ) -> ToxicityClassifier:
-        """Resolve, validate and load the model named by ``config``.
+        """Resolve, validate and load the model named by ``settings``.
 
-        int8 on CPU with the ``onnxruntime`` runtime loads the model's int8 ONNX export from
-        ``cache_dir``, exporting it first if it is not there (tens of seconds, once per model).
+        int8 on CPU loads the model's int8 ONNX export from ``cache_dir``, exporting it first
+        if it is not there (tens of seconds, once per model).
 
         Args:
-            config: The Space configuration (model id, revision, precision, ...).
+            settings: The Space's settings (model id, revision, precision, ...).
             token: Hub token for private models.
-            num_threads: Intra-op threads (torch or ONNX Runtime); the runtime's default when None.
+            threads: Intra-op threads (torch or ONNX Runtime); the runtime's default when None.
             cache_dir: Where int8 ONNX exports are cached; ``shared.quantize.default_cache_dir``
                 (under ``$HF_HOME``) when None.
 
@@ -330,23 +379,23 @@ class ToxicityClassifier:
             The ready classifier.
 
         Raises:
-            ModelLoadError: missing files, LFS pointers, unmapped labels.
+            ModelLoadError: missing files, LFS pointers, unmapped labels, a failed export.
         """
         from transformers import AutoConfig, AutoModelForSequenceClassification, AutoTokenizer
 
-        if num_threads:
-            torch.set_num_threads(num_threads)
-        source = ModelSource.parse(config.model_id, config.revision)
+        if threads:
+            torch.set_num_threads(threads)
+        source = ModelSource.parse(settings.model_id, settings.revision)
         folder = resolve_model(source, required=["config.json", TRANSFORMERS_WEIGHTS], token=token)
         tokenizer = AutoTokenizer.from_pretrained(folder)
-        choice = select_device(config.device)
-        precision: Precision = config.precision
+        choice = select_device(settings.device)
+        precision: Precision = settings.precision
         if choice.device == "cuda" and precision == "int8":
-            # Dynamic int8 is a CPU kernel; a GPU gets its own fast dtype instead.
+            # int8 is an ONNX Runtime CPU kernel; a GPU gets its own fast dtype instead.
             precision = "bf16" if choice.dtype == "bfloat16" else "fp32"
             logger.info("int8 is CPU-only: running %s on the GPU", precision)
         model: Any
-        if precision == "int8" and config.runtime == "onnxruntime":
+        if precision == "int8":
             from shared.quantize import OnnxModel, cached_int8_onnx
 
             try:
@@ -356,35 +405,59 @@ class ToxicityClassifier:
                     lambda: _example_inputs(tokenizer),
                     cache_dir,
                 )
-                model = OnnxModel(path, AutoConfig.from_pretrained(folder), threads=num_threads)
+                model = OnnxModel(path, AutoConfig.from_pretrained(folder), threads=threads)
             except ModelLoadError as e:
                 raise ModelLoadError(
-                    f"{e}. To serve this model without ONNX Runtime, set RUNTIME=torch "
-                    "(or runtime: torch in config.yaml)"
+                    f"{e}. To serve this model without ONNX Runtime, set PRECISION=fp32 "
+                    "(or precision: fp32 in config.yaml)"
                 ) from e
         else:
             model = AutoModelForSequenceClassification.from_pretrained(folder).eval()
-            model = _apply_precision(model, precision).to(choice.device)
-        config = replace(config, precision=precision)
-        label_map_file = folder / "label_map.json"
+            if precision == "bf16":
+                model = model.to(torch.bfloat16)
+            model = model.to(choice.device)
         return cls(
             model,
             tokenizer,
-            config,
+            settings.model_copy(update={"precision": precision}),
             str(source),
             demo=demo_info(folder) is not None,
-            label_map_file=label_map_file if label_map_file.is_file() else None,
+            label_map_file=folder / LABEL_MAP_FILENAME,
+            threads=threads,
+        )
+
+    @property
+    def info(self) -> ModelInfo:
+        """What ``/health`` reports about this model."""
+        settings = self.settings
+        return ModelInfo(
+            id=settings.model_id,
+            revision=settings.revision,
+            device=self.device,
+            precision=settings.precision,
+            demo=self.demo,
+            extra={
+                "threshold": settings.threshold,
+                "labels": self.raw_labels,
+                "label_map": self.mapper.mapping,
+                "runtime": "onnxruntime" if self.onnx else "torch",
+                "workers": settings.workers,
+                "threads_per_worker": self.threads,
+                "max_length": self.max_length,
+                "max_chars": settings.max_chars,
+                "max_batch": settings.max_batch,
+            },
         )
 
     # -- preprocess ---------------------------------------------------------------------------
 
-    def preprocess(self, text: object) -> Prepared:
-        """Validate, normalise and tokenize one input.
+    def preprocess(self, item: object) -> Prepared:
+        """Validate, normalise and tokenize one input (on the caller's thread).
 
         Raises:
-            InputError: naming the limit the input broke.
+            InputError: naming the limit the input broke (``text must be a string, got int``).
         """
-        normalized = normalize_arabic(check_text(text, self.limits), self.config.normalization)
+        normalized = normalize_arabic(check_text(item, self.limits), self.settings.normalization)
         if not normalized.strip():
             # e.g. only tashkeel or tatweel, which the normalisation removes
             raise InputError("text is empty after normalisation (only diacritics or tatweel)")
@@ -393,7 +466,7 @@ class ToxicityClassifier:
 
     # -- forward ------------------------------------------------------------------------------
 
-    def forward(self, prepared: Sequence[Prepared]) -> tuple[torch.Tensor, list[bool]]:
+    def forward(self, batch: Sequence[Prepared]) -> torch.Tensor:
         """Run the model on a batch, in length-sorted chunks of at most ``batch_tokens``.
 
         Padding a short text to a long one's length wastes the work on the padding, and one
@@ -401,20 +474,18 @@ class ToxicityClassifier:
         sorted by length and cut into chunks whose padded size stays within the budget.
 
         Returns:
-            Probabilities ``(batch, num_labels)`` in input order and, per text, whether it was
-            truncated.
+            Probabilities ``(batch, num_labels)``, in input order.
         """
-        order = sorted(range(len(prepared)), key=lambda i: prepared[i].tokens)
-        logits = torch.empty(len(prepared), self.model.config.num_labels)  # (batch, num_labels)
-        lengths = [prepared[i].tokens for i in order]
-        for start, end in plan_chunks(lengths, self.config.batch_tokens):
+        order = sorted(range(len(batch)), key=lambda i: batch[i].tokens)
+        logits = torch.empty(len(batch), self.model.config.num_labels)  # (batch, num_labels)
+        lengths = [batch[i].tokens for i in order]
+        for start, end in plan_chunks(lengths, self.settings.batch_tokens):
             chunk = order[start:end]
-            inputs = self._pad([prepared[i].input_ids for i in chunk])
+            inputs = self._pad([batch[i].input_ids for i in chunk])
             with torch.inference_mode():
                 out = self.model(**inputs).logits  # (chunk, num_labels)
             logits[chunk] = out.float().cpu()
-        probs = torch.sigmoid(logits) if self.multi_label else torch.softmax(logits, dim=-1)
-        return probs, [p.truncated for p in prepared]
+        return torch.sigmoid(logits) if self.multi_label else torch.softmax(logits, dim=-1)
 
     def _pad(self, rows: Sequence[Sequence[int]]) -> dict[str, torch.Tensor]:
         """Token id rows padded to the longest, on the tokenizer's padding side."""
@@ -433,12 +504,13 @@ class ToxicityClassifier:
 
     # -- postprocess --------------------------------------------------------------------------
 
-    def postprocess(self, probs: torch.Tensor, truncated: Sequence[bool]) -> list[Verdict]:
-        """Map raw label probabilities onto verdicts with the threshold rule."""
+    def postprocess(self, outputs: torch.Tensor, batch: Sequence[Prepared]) -> list[Verdict]:
+        """Map raw label probabilities ``(batch, num_labels)`` onto verdicts with the threshold
+        rule; each verdict's ``truncated`` comes from its prepared text."""
         verdicts = []
         mode = "sigmoid" if self.multi_label else "softmax"
-        threshold = self.config.threshold
-        for row, cut in zip(probs.tolist(), truncated, strict=True):
+        threshold = self.settings.threshold
+        for row, prepared in zip(outputs.tolist(), batch, strict=True):
             raw = dict(zip(self.raw_labels, row, strict=True))
             harmful = float(self.mapper.aggregate(raw, mode)["harmful"])
             label = "harmful" if harmful >= threshold else "safe"
@@ -450,7 +522,7 @@ class ToxicityClassifier:
                     scores=scores,
                     threshold=threshold,
                     raw=[{"label": k, "score": v} for k, v in raw.items()],
-                    truncated=cut,
+                    truncated=prepared.truncated,
                     model=self.model_ref,
                 )
             )
@@ -459,7 +531,8 @@ class ToxicityClassifier:
     # -- the whole pipeline -------------------------------------------------------------------
 
     def classify(self, texts: Sequence[object]) -> list[Verdict]:
-        """Classify a batch of texts, in order.
+        """Classify texts in the caller's thread, in order: ``shared.serving.predict``, the
+        composition the Space's batcher runs.
 
         Args:
             texts: The inputs; each must be a non-empty string within the length limit.
@@ -468,24 +541,10 @@ class ToxicityClassifier:
             One verdict per text.
 
         Raises:
-            InputError: naming the first bad input and the limit it broke.
+            InputError: naming the first bad input and the limit it broke
+                (``text 2 of 3: text is empty``).
         """
-        if not texts:
-            return []
-        probs, truncated = self.forward(self.preprocess_all(texts))
-        return self.postprocess(probs, truncated)
-
-    def preprocess_all(self, texts: Sequence[object]) -> list[Prepared]:
-        """Preprocess several texts; the error names which one was bad."""
-        prepared = []
-        for i, text in enumerate(texts):
-            try:
-                prepared.append(self.preprocess(text))
-            except InputError as e:
-                if len(texts) == 1:
-                    raise
-                raise InputError(f"text {i + 1} of {len(texts)}: {e}") from e
-        return prepared
+        return predict(self, texts, what="text")
 
     def classify_one(self, text: object) -> Verdict:
         """Classify a single text."""
@@ -497,25 +556,11 @@ class ToxicityClassifier:
             raise InputError(f"texts must be a list of strings, got {type(texts).__name__}")
         if not texts:
             raise InputError("texts is empty: send at least one text")
-        if len(texts) > self.config.max_batch:
+        if len(texts) > self.settings.max_batch:
             raise InputError(
-                f"{len(texts)} texts in one batch; the limit is {self.config.max_batch}"
+                f"{len(texts)} texts in one batch; the limit is {self.settings.max_batch}"
             )
         return texts
-
-
-def _normalization(value: object) -> ArabicNormalization:
-    """A preset name (``arabert_v02`` or ``none``) or a mapping of step options."""
-    if isinstance(value, ArabicNormalization):
-        return value
-    if isinstance(value, Mapping):
-        return ArabicNormalization.from_dict(value)
-    presets = {"arabert_v02": ArabicNormalization.arabert_v02, "none": ArabicNormalization.none}
-    if value not in presets:
-        raise ModelLoadError(
-            f"normalization must be one of {sorted(presets)} or a mapping of options, got {value!r}"
-        )
-    return presets[value]()
 
 
 def _encoder(tokenizer: Any, max_length: int) -> Callable[[str], tuple[tuple[int, ...], bool]]:
@@ -566,20 +611,3 @@ def _example_inputs(tokenizer: Any) -> dict[str, torch.Tensor]:
     texts = ["نص قصير", "نص أطول قليلا من الأول للتصدير"]
     batch = tokenizer(texts, padding=True, return_tensors="pt")
     return {name: batch[name] for name in ("input_ids", "attention_mask")}
-
-
-def _apply_precision(model: torch.nn.Module, precision: Precision) -> torch.nn.Module:
-    if precision == "int8":
-        # Dynamic int8 Linear layers: VNNI makes these matmuls several times cheaper on CPU.
-        import warnings
-
-        from torch.ao.quantization import quantize_dynamic
-
-        # torch deprecates eager-mode quantization in favour of torchao, which has no CPU int8
-        # dynamic path on this torch build; the eager one is still shipped and measured here.
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", (DeprecationWarning, UserWarning))
-            return quantize_dynamic(model, {torch.nn.Linear}, dtype=torch.qint8)
-    if precision == "bf16":
-        return model.to(torch.bfloat16)
-    return model

@@ -1,9 +1,11 @@
-"""HTTP routes: TGI (root and ``/tiers/{tier}``), ``/api/generate``, OpenAI ``/v1``, service.
+"""HTTP routes: TGI (root and ``/tiers/{tier}``), ``/api/generate``, OpenAI ``/v1``, ``/tiers``.
 
-One error boundary turns every failure into TGI's body ``{"error", "error_type"}``: 422
-validation, 401 authentication, 404 unknown tier, 409 revision mismatch, 424 generation,
-429 overloaded, 503 model not loadable. Streams are server-sent events; a client that goes away
-cancels its generation.
+Errors go through the Space's one boundary (``shared.serving.Service``, see :data:`ERRORS`):
+TGI's body ``{"error", "error_type"}`` with 422 validation, 401 authentication, 404 unknown tier
+(and unknown route: ``shared.serving.mount_gradio``), 409 revision mismatch, 424 generation, 429
+overloaded, 499 cancelled, 503 model not loadable. Streams are server-sent events; a client that
+goes away cancels its generation. Every generation route is counted in ``/stats`` as
+``{tier}/{route}``, requests refused by validation included.
 """
 
 from __future__ import annotations
@@ -13,15 +15,15 @@ import hmac
 import json
 import logging
 import time
-from collections.abc import AsyncIterator, Callable
-from dataclasses import asdict
+from collections.abc import AsyncIterator, Callable, Iterator
+from contextlib import contextmanager
 from typing import Any
 
 from fastapi import APIRouter, Depends, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, StreamingResponse
 
-from engine import EngineOverloaded, GenerationCancelled, GenerationFailed, TokenStream
+from predictor import Prepared, TierGenerator
 from protocol import (
     ChatChoice,
     ChatChoiceMessage,
@@ -48,9 +50,9 @@ from protocol import (
     now,
     openai_finish_reason,
 )
-from service import Prepared, TierGenerator
-from shared.errors import InputError, ModelLoadError
-from shared.serving import RequestStats
+from shared.errors import InputError
+from shared.llm import EngineOverloaded, GenerationCancelled, GenerationFailed, TokenStream
+from shared.serving import ErrorKind, Service, describe_validation
 from tiers import TierNotFound
 
 logger = logging.getLogger(__name__)
@@ -66,57 +68,32 @@ class RevisionMismatch(InputError):
     """The caller expects another revision than the tier serves; served as HTTP 409."""
 
 
-def _error(status: int, message: str, error_type: str, **headers: str) -> JSONResponse:
-    return JSONResponse({"error": message, "error_type": error_type}, status, headers=headers)
+#: The Space's errors on top of shared.serving's (InputError 422, ModelLoadError 503 without
+#: Retry-After); a subclass's entry wins over its base class's (RevisionMismatch over InputError).
+ERRORS: dict[type[BaseException], ErrorKind] = {
+    TierNotFound: ErrorKind(404, "not_found"),
+    EngineOverloaded: ErrorKind(429, "overloaded", message=lambda _: "Model is overloaded"),
+    GenerationFailed: ErrorKind(424, "generation"),
+    AuthError: ErrorKind(401, "authentication", headers={"WWW-Authenticate": "Bearer"}),
+    RevisionMismatch: ErrorKind(409, "revision_mismatch"),
+    # Nobody reads this answer: the client went away (nginx's "client closed request").
+    GenerationCancelled: ErrorKind(499, "cancelled"),
+}
 
-
-def _describe(exc: RequestValidationError) -> str:
-    parts = []
-    for err in exc.errors():
-        where = ".".join(str(p) for p in err.get("loc", ()) if p != "body") or "body"
-        parts.append(f"{where}: {err.get('msg', 'invalid')}")
-    return "Input validation error: " + ("; ".join(parts) or "invalid request body")
-
-
-def install_error_handlers(app: FastAPI) -> None:
-    """Map every error type to TGI's status codes and error body."""
-
-    @app.exception_handler(RequestValidationError)
-    async def _validation(_: Request, exc: RequestValidationError) -> JSONResponse:
-        return _error(422, _describe(exc), "validation")
-
-    @app.exception_handler(RevisionMismatch)
-    async def _revision(_: Request, exc: RevisionMismatch) -> JSONResponse:
-        return _error(409, str(exc), "revision_mismatch")
-
-    @app.exception_handler(InputError)
-    async def _input(_: Request, exc: InputError) -> JSONResponse:
-        return _error(422, str(exc), "validation")
-
-    @app.exception_handler(TierNotFound)
-    async def _tier(_: Request, exc: TierNotFound) -> JSONResponse:
-        return _error(404, str(exc.args[0]), "not_found")
-
-    @app.exception_handler(AuthError)
-    async def _auth(_: Request, exc: AuthError) -> JSONResponse:
-        return _error(401, str(exc), "authentication", **{"WWW-Authenticate": "Bearer"})
-
-    @app.exception_handler(EngineOverloaded)
-    async def _overloaded(_: Request, exc: EngineOverloaded) -> JSONResponse:
-        return _error(429, "Model is overloaded", "overloaded")
-
-    @app.exception_handler(GenerationFailed)
-    async def _failed(_: Request, exc: GenerationFailed) -> JSONResponse:
-        return _error(424, str(exc), "generation")
-
-    @app.exception_handler(GenerationCancelled)
-    async def _cancelled(_: Request, exc: GenerationCancelled) -> JSONResponse:
-        # Nobody reads this answer: the client went away (nginx's "client closed request").
-        return _error(499, str(exc), "cancelled")
-
-    @app.exception_handler(ModelLoadError)
-    async def _load(_: Request, exc: ModelLoadError) -> JSONResponse:
-        return _error(503, str(exc), "unavailable", **{"Retry-After": "30"})
+# Route path -> the endpoint's name in /stats (after the tier).
+_ENDPOINTS = {
+    "/generate": "generate",
+    "/": "generate",
+    "/generate_stream": "generate_stream",
+    "/tiers/{tier}/generate": "generate",
+    "/tiers/{tier}": "generate",
+    "/tiers/{tier}/": "generate",
+    "/tiers/{tier}/generate_stream": "generate_stream",
+    "/api/generate": "api/generate",
+    "/v1/chat/completions": "v1/chat/completions",
+}
+# Server-sent events must reach the client as they are written, not when a proxy's buffer fills.
+SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
 
 
 def bearer_guard(api_key: str | None) -> Callable[[Request], None]:
@@ -132,6 +109,10 @@ def bearer_guard(api_key: str | None) -> Callable[[Request], None]:
             )
 
     return guard
+
+
+def _sse_response(events: AsyncIterator[str]) -> StreamingResponse:
+    return StreamingResponse(events, media_type="text/event-stream", headers=SSE_HEADERS)
 
 
 def _sse(payload: Any, *, space: bool = False) -> str:
@@ -157,18 +138,54 @@ async def _collect(stream: TokenStream, request: Request) -> Any:
 
 
 class Routes:
-    """Builds the routers around one :class:`TierGenerator`.
+    """The HTTP routes around one :class:`TierGenerator`.
 
     Args:
-        generator: The plain-Python generator.
-        stats: Request statistics shared with the UI.
+        generator: The predictor.
+        service: The Space's service: request stats and the error boundary.
         api_key: Bearer token required on generation routes, or None for open routes.
     """
 
-    def __init__(self, generator: TierGenerator, stats: RequestStats, api_key: str | None) -> None:
+    def __init__(self, generator: TierGenerator, service: Service[Any],
+                 api_key: str | None) -> None:  # fmt: skip
         self.generator = generator
-        self.stats = stats
+        self.stats = service.stats
         self.guard = bearer_guard(api_key)
+
+    def install(self, app: FastAPI) -> None:
+        """Add the routes to ``app``, after ``shared.serving.install_routes``."""
+        # TGI's wording for a body that fails validation, counted under its tier's endpoint
+        # (install_routes counts it under the route function's name).
+        app.add_exception_handler(RequestValidationError, self._invalid_body)  # type: ignore[arg-type]
+        self.add_routes(app)
+
+    @contextmanager
+    def _counted_if_refused(self, name: str, start: float) -> Iterator[None]:
+        """Count a streaming request that fails before its stream starts (a 4xx) in /stats;
+        the stream counts itself when it ends."""
+        try:
+            yield
+        except Exception:
+            self.stats.record(name, time.perf_counter() - start, ok=False)
+            raise
+
+    async def _invalid_body(self, request: Request, exc: RequestValidationError) -> JSONResponse:
+        route = request.scope.get("route")
+        endpoint = _ENDPOINTS.get(getattr(route, "path", ""))
+        if endpoint is None:
+            self.stats.record(getattr(route, "name", request.url.path), None, ok=False)
+        else:
+            tier = request.path_params.get("tier")
+            body = exc.body if isinstance(exc.body, dict) else {}
+            named = body.get({"api/generate": "tier", "v1/chat/completions": "model"}
+                             .get(endpoint, ""))  # fmt: skip
+            tier = (
+                tier or (named if isinstance(named, str) else None) or self.generator.default_tier
+            )
+            if tier in self.generator.registry.config.tiers:  # unknown names make no entries
+                self.stats.record(f"{tier}/{endpoint}", None, ok=False)
+        message = "Input validation error: " + describe_validation(exc)
+        return JSONResponse({"error": message, "error_type": "validation"}, status_code=422)
 
     # ---- TGI ----------------------------------------------------------------------------------
 
@@ -205,18 +222,14 @@ class Routes:
 
     def generate_stream(self, tier: str, body: GenerateRequest) -> StreamingResponse:
         """``POST /generate_stream``: TGI's server-sent events."""
-        prepared = self._prepare(tier, body)
-        stream = self.generator.stream(prepared, loop=asyncio.get_running_loop())
-        return StreamingResponse(
-            self._tgi_events(tier, prepared, stream, body.parameters),
-            media_type="text/event-stream",
-            headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
-        )
+        name, start = f"{tier}/generate_stream", time.perf_counter()
+        with self._counted_if_refused(name, start):
+            prepared = self._prepare(tier, body)
+            stream = self.generator.stream(prepared, loop=asyncio.get_running_loop())
+        return _sse_response(self._tgi_events(name, start, prepared, stream, body.parameters))
 
-    async def _tgi_events(
-        self, tier: str, prepared: Prepared, stream: TokenStream, params: GenerateParameters
-    ) -> AsyncIterator[str]:
-        start = time.perf_counter()
+    async def _tgi_events(self, name: str, start: float, prepared: Prepared, stream: TokenStream,
+                          params: GenerateParameters) -> AsyncIterator[str]:  # fmt: skip
         ok = False
         try:
             async for token in stream:
@@ -239,7 +252,7 @@ class Routes:
         except GenerationFailed as e:
             yield _sse({"error": str(e), "error_type": "generation"})
         finally:
-            self.stats.record(f"{tier}/generate_stream", time.perf_counter() - start, ok=ok)
+            self.stats.record(name, time.perf_counter() - start, ok=ok)
 
     async def compat(self, tier: str, body: GenerateRequest, request: Request) -> Any:
         """``POST /``: a list of one object, or server-sent events with ``"stream": true``."""
@@ -251,13 +264,12 @@ class Routes:
         """``GET /info`` for a tier (from its config until the model is loaded)."""
         registry = self.generator.registry
         config = registry.config.resolved(tier)
+        spec = registry.spec(tier)
         loaded = registry.loaded(tier)
-        max_total = config.limits.max_total_tokens or 0
-        if loaded is not None:
-            max_total = loaded.engine.max_total_tokens
+        max_total = self.generator.max_total_tokens(tier) or 0
         return Info(
-            model_id=loaded.model_id if loaded else str(config.model),
-            model_sha=loaded.revision if loaded else config.revision,
+            model_id=spec.model,
+            model_sha=spec.revision,
             model_dtype=loaded.dtype if loaded else config.dtype,
             model_device_type=loaded.device if loaded else "unknown",
             max_concurrent_requests=config.limits.max_concurrent_requests,
@@ -276,7 +288,7 @@ class Routes:
         registry.config.tier(tier)
         error = registry.error(tier)
         if error:
-            return _error(503, error, "unavailable")
+            return JSONResponse({"error": error, "error_type": "unavailable"}, 503)
         status = "ok" if registry.loaded(tier) else "not_loaded"
         return JSONResponse({"status": status, "tier": tier})
 
@@ -285,25 +297,15 @@ class Routes:
     async def product_generate(self, body: ProductGenerateRequest, request: Request) -> Any:
         """``POST /api/generate``: chat-templated with the tier's system prompt."""
         tier = body.tier or self.generator.default_tier
-        config = self.generator.registry.config.resolved(tier)
-        if body.revision and body.revision != (config.revision or "main"):
-            raise RevisionMismatch(
-                f"tier {tier!r} serves {config.model} at revision {config.revision or 'main'}, "
-                f"not {body.revision!r}; update the revision configured for this tier"
-            )
-        if not body.inputs:
-            raise InputError("Input validation error: `inputs` cannot be empty")
-        prompt = self.generator.chat_prompt(
-            tier, [{"role": "user", "content": body.inputs}], context=body.context
-        )
-        prepared = self.generator.prepare(tier, prompt, body.parameters, templated=True)
+        self.generator.registry.config.tier(tier)
+        name, start = f"{tier}/api/generate", time.perf_counter()
         if body.stream:
-            stream = self.generator.stream(prepared, loop=asyncio.get_running_loop())
-            return StreamingResponse(
-                self._tgi_events(tier, prepared, stream, body.parameters),
-                media_type="text/event-stream",
-            )
-        with self.stats.track(f"{tier}/api/generate"):
+            with self._counted_if_refused(name, start):
+                prepared = self._product_prepare(tier, body)
+                stream = self.generator.stream(prepared, loop=asyncio.get_running_loop())
+            return _sse_response(self._tgi_events(name, start, prepared, stream, body.parameters))
+        with self.stats.track(name):
+            prepared = self._product_prepare(tier, body)
             stream = self.generator.stream(prepared, loop=asyncio.get_running_loop())
             result = await _collect(stream, request)
         answer: dict[str, Any] = {"generated_text": result.text}
@@ -316,15 +318,64 @@ class Routes:
             }
         return answer
 
+    def _product_prepare(self, tier: str, body: ProductGenerateRequest) -> Prepared:
+        serves = self.generator.registry.spec(tier).revision or "main"
+        if body.revision and body.revision != serves:
+            raise RevisionMismatch(
+                f"tier {tier!r} serves {self.generator.registry.spec(tier).model} at revision "
+                f"{serves}, not {body.revision!r}; update the revision configured for this tier"
+            )
+        if not body.inputs:
+            raise InputError("Input validation error: `inputs` cannot be empty")
+        prompt = self.generator.chat_prompt(
+            tier, [{"role": "user", "content": body.inputs}], context=body.context
+        )
+        return self.generator.prepare(tier, prompt, body.parameters, templated=True)
+
     # ---- OpenAI -------------------------------------------------------------------------------
 
     async def chat_completions(self, body: ChatCompletionRequest, request: Request) -> Any:
         """``POST /v1/chat/completions`` with ``model`` = tier name."""
         tier = body.model
         self.generator.registry.config.tier(tier)
+        name, start = f"{tier}/v1/chat/completions", time.perf_counter()
+        stop = [body.stop] if isinstance(body.stop, str) else list(body.stop or [])
+        if body.stream:
+            with self._counted_if_refused(name, start):
+                prepared = self._chat_prepare(tier, body, stop)
+                stream = self.generator.stream(prepared, loop=asyncio.get_running_loop())
+            include_usage = bool(body.stream_options and body.stream_options.include_usage)
+            return _sse_response(
+                self._openai_events(name, start, tier, prepared, stream, include_usage)
+            )
+        with self.stats.track(name):
+            prepared = self._chat_prepare(tier, body, stop)
+            stream = self.generator.stream(prepared, loop=asyncio.get_running_loop())
+            result = await _collect(stream, request)
+        text = result.text
+        if result.finish_reason == "stop_sequence":
+            text = _strip_stop(text, stop)
+        return ChatCompletion(
+            id=completion_id(),
+            created=now(),
+            model=tier,
+            system_fingerprint=_fingerprint(prepared),
+            choices=[
+                ChatChoice(
+                    message=ChatChoiceMessage(content=text),
+                    finish_reason=openai_finish_reason(result),
+                )
+            ],
+            usage=Usage(
+                prompt_tokens=result.input_tokens,
+                completion_tokens=result.generated_tokens,
+                total_tokens=result.input_tokens + result.generated_tokens,
+            ),
+        )
+
+    def _chat_prepare(self, tier: str, body: ChatCompletionRequest, stop: list[str]) -> Prepared:
         messages = [{"role": m.role, "content": m.text()} for m in body.messages]
         prompt = self.generator.chat_prompt(tier, messages)
-        stop = [body.stop] if isinstance(body.stop, str) else list(body.stop or [])
         grammar = None
         if body.response_format is not None:
             fmt = body.response_format
@@ -346,48 +397,19 @@ class Routes:
             stop=stop,
             grammar=grammar,
         )
-        prepared = self.generator.prepare(tier, prompt, params, templated=True, greedy=greedy)
-        stream = self.generator.stream(prepared, loop=asyncio.get_running_loop())
-        cid, created = completion_id(), now()
-        fingerprint = f"{prepared.model.model_id}@{prepared.model.revision or 'local'}"
-        if body.stream:
-            include_usage = bool(body.stream_options and body.stream_options.include_usage)
-            return StreamingResponse(
-                self._openai_events(tier, stream, cid, created, fingerprint, include_usage),
-                media_type="text/event-stream",
-            )
-        with self.stats.track(f"{tier}/v1/chat/completions"):
-            result = await _collect(stream, request)
-        text = result.text
-        if result.finish_reason == "stop_sequence":
-            text = _strip_stop(text, stop)
-        return ChatCompletion(
-            id=cid,
-            created=created,
-            model=tier,
-            system_fingerprint=fingerprint,
-            choices=[
-                ChatChoice(
-                    message=ChatChoiceMessage(content=text),
-                    finish_reason=openai_finish_reason(result),
-                )
-            ],
-            usage=Usage(
-                prompt_tokens=result.input_tokens,
-                completion_tokens=result.generated_tokens,
-                total_tokens=result.input_tokens + result.generated_tokens,
-            ),
-        )
+        return self.generator.prepare(tier, prompt, params, templated=True, greedy=greedy)
 
     async def _openai_events(
         self,
+        name: str,
+        start: float,
         tier: str,
+        prepared: Prepared,
         stream: TokenStream,
-        cid: str,
-        created: int,
-        fingerprint: str,
         include_usage: bool,
     ) -> AsyncIterator[str]:
+        cid, created, fingerprint = completion_id(), now(), _fingerprint(prepared)
+
         def chunk(delta: ChatDelta, finish: str | None = None, usage: Usage | None = None) -> str:
             choices = [] if usage else [ChatChunkChoice(delta=delta, finish_reason=finish)]
             event = ChatCompletionChunk(
@@ -400,7 +422,6 @@ class Routes:
             )
             return _sse(event.model_dump(exclude_none=True), space=True)
 
-        start = time.perf_counter()
         ok = False
         try:
             yield chunk(ChatDelta(role="assistant", content=""))
@@ -421,17 +442,17 @@ class Routes:
         except GenerationFailed as e:
             yield _sse({"error": {"message": str(e), "type": "generation"}}, space=True)
         finally:
-            self.stats.record(f"{tier}/v1/chat/completions", time.perf_counter() - start, ok=ok)
+            self.stats.record(name, time.perf_counter() - start, ok=ok)
         yield _sse("[DONE]", space=True)
 
     def models(self) -> ModelList:
         """``GET /v1/models``: one entry per tier."""
-        config = self.generator.registry.config
+        registry = self.generator.registry
         created = now()
         return ModelList(
             data=[
-                ModelCard(id=name, created=created, owned_by=str(config.resolved(name).model))
-                for name in config.tiers
+                ModelCard(id=name, created=created, owned_by=registry.spec(name).model)
+                for name in registry.names
             ]
         )
 
@@ -439,49 +460,17 @@ class Routes:
 
     def tiers(self) -> dict[str, Any]:
         """``GET /tiers``: every tier, its weights, and whether they are loaded / shared."""
-        registry = self.generator.registry
-        out = []
-        for name in registry.names:
-            config = registry.config.resolved(name)
-            loaded = registry.loaded(name)
-            key = registry.key(name)
-            out.append(
-                {
-                    "tier": name,
-                    "description": config.description,
-                    "model": config.model,
-                    "revision": config.revision,
-                    "adapter": config.adapter,
-                    "dtype": loaded.dtype if loaded else config.dtype,
-                    "loaded": loaded is not None,
-                    "demo_weights": bool(loaded and loaded.demo),
-                    "shares_weights_with": [
-                        other
-                        for other in registry.names
-                        if other != name and registry.key(other) == key
-                    ],
-                    "error": registry.error(name),
-                    "max_new_tokens": config.limits.max_new_tokens,
-                }
-            )
         return {
-            "default_tier": registry.config.default_tier,
-            "tiers": out,
-            "loaded_models": len(registry.models()),
+            "default_tier": self.generator.default_tier,
+            "tiers": self.generator.describe_tiers(),
+            "loaded_models": len(self.generator.registry.models.models()),
         }
 
-    def engine_stats(self) -> dict[str, Any]:
-        """Per loaded model: batch size, queue and counters."""
-        return {
-            f"{m.model_id}{'+' + m.adapter if m.adapter else ''}": asdict(m.engine.stats())
-            for m in self.generator.registry.models()
-        }
-
-    def router(self) -> APIRouter:
-        """All routes; the caller adds ``/health`` (it knows about preloading)."""
-        r = APIRouter()
+    def add_routes(self, r: FastAPI | APIRouter) -> None:
+        """Add all the Space's own routes (``install_routes`` adds ``/health`` and ``/stats``)."""
         guard = [Depends(self.guard)]
         default = self.generator.default_tier
+        check = self.generator.registry.config.tier  # raises TierNotFound (404)
 
         async def generate_default(body: GenerateRequest, request: Request) -> dict[str, Any]:
             return await self.generate(default, body, request)
@@ -489,28 +478,28 @@ class Routes:
         async def generate_tier(
             tier: str, body: GenerateRequest, request: Request
         ) -> dict[str, Any]:
-            self.generator.registry.config.tier(tier)
+            check(tier)
             return await self.generate(tier, body, request)
 
         async def stream_default(body: GenerateRequest) -> StreamingResponse:
             return self.generate_stream(default, body)
 
         async def stream_tier(tier: str, body: GenerateRequest) -> StreamingResponse:
-            self.generator.registry.config.tier(tier)
+            check(tier)
             return self.generate_stream(tier, body)
 
         async def compat_default(body: GenerateRequest, request: Request) -> Any:
             return await self.compat(default, body, request)
 
         async def compat_tier(tier: str, body: GenerateRequest, request: Request) -> Any:
-            self.generator.registry.config.tier(tier)
+            check(tier)
             return await self.compat(tier, body, request)
 
         def info_default() -> Info:
             return self.info(default)
 
         def info_tier(tier: str) -> Info:
-            self.generator.registry.config.tier(tier)
+            check(tier)
             return self.info(tier)
 
         r.add_api_route("/generate", generate_default, methods=["POST"], dependencies=guard,
@@ -536,7 +525,10 @@ class Routes:
                         dependencies=guard, tags=["openai"])  # fmt: skip
         r.add_api_route("/v1/models", self.models, methods=["GET"], dependencies=guard,
                         tags=["openai"])  # fmt: skip
-        return r
+
+
+def _fingerprint(prepared: Prepared) -> str:
+    return f"{prepared.model.model_id}@{prepared.model.revision or 'local'}"
 
 
 def _strip_stop(text: str, stops: list[str]) -> str:

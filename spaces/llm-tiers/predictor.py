@@ -1,28 +1,36 @@
-"""The plain-Python generator behind every route: tier -> prompt -> validated request -> tokens.
+"""The predictor behind every route: tier -> prompt -> validated request -> tokens.
 
-``TierGenerator.prepare`` does what TGI's validation does (same rules, same messages) and builds
-the engine request; ``generate`` / ``stream`` run it. Routes, the Gradio UI, unit tests and the
-benchmark all call this module; it knows nothing about HTTP or Gradio.
+``TierGenerator.chat_prompt`` builds chat prompts (the tier's system prompt, the caller's
+context, the model's chat template); ``prepare`` does what TGI's validation does (same rules,
+same messages) and builds the engine request; ``stream`` / ``generate`` run it on the tier's
+``shared.llm.BatchEngine``. The HTTP routes, the Gradio UI, unit tests and the benchmark all call
+this module; it knows nothing about HTTP or Gradio.
 """
 
 from __future__ import annotations
 
 import json
 import logging
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from typing import Any
 
-from engine import (
+from protocol import GenerateParameters, Grammar
+from shared.errors import InputError
+from shared.llm import (
+    Constraint,
     GenerationRequest,
     GenerationResult,
+    LoadedModel,
     SamplingOptions,
     TokenStream,
 )
-from protocol import GenerateParameters, Grammar
-from shared.errors import InputError
-from tiers import LoadedModel, TierConfig, TierRegistry
+from shared.serving import ModelInfo
+from tiers import TierConfig, TierRegistry
 
 logger = logging.getLogger(__name__)
+
+# /health's short precision names for torch dtypes.
+_PRECISION = {"float32": "fp32", "bfloat16": "bf16", "float16": "fp16"}
 
 
 @dataclass(frozen=True)
@@ -57,6 +65,82 @@ class TierGenerator:
     def default_tier(self) -> str:
         """The tier used when a request names none."""
         return self.registry.config.default_tier
+
+    def preload(self, tiers: list[str]) -> TierGenerator:
+        """Load ``tiers`` now (what must be ready before the Space reports healthy).
+
+        Raises:
+            ModelLoadError: when one of them cannot be loaded.
+        """
+        for name in tiers:
+            self.registry.get(name)
+        return self
+
+    def model_infos(self) -> dict[str, ModelInfo]:
+        """Each loaded tier's model, for /health."""
+        infos = {}
+        for name in self.registry.names:
+            loaded = self.registry.loaded(name)
+            if loaded is None:
+                continue
+            infos[name] = ModelInfo(
+                id=loaded.model_id,
+                revision=loaded.revision,
+                device=loaded.device,
+                precision=_PRECISION.get(loaded.dtype, loaded.dtype),
+                demo=loaded.demo is not None,
+                load_s=loaded.load_seconds,
+                extra={
+                    "adapter": loaded.adapter,
+                    "shares_weights_with": self.registry.sharing(name),
+                },
+            )
+        return infos
+
+    def describe_tiers(self) -> list[dict[str, Any]]:
+        """Each tier's weights, as ``GET /tiers`` and the UI's table show them."""
+        registry = self.registry
+        rows = []
+        for name in registry.names:
+            config = registry.config.resolved(name)
+            spec = registry.spec(name)
+            loaded = registry.loaded(name)
+            rows.append(
+                {
+                    "tier": name,
+                    "description": config.description,
+                    "model": spec.model,
+                    "revision": spec.revision,
+                    "adapter": spec.adapter,
+                    "dtype": loaded.dtype if loaded else config.dtype,
+                    "loaded": loaded is not None,
+                    "demo_weights": bool(registry.demo_marker(name)),
+                    "shares_weights_with": registry.sharing(name),
+                    "error": registry.error(name),
+                    "max_new_tokens": config.limits.max_new_tokens,
+                }
+            )
+        return rows
+
+    def engine_stats(self) -> dict[str, Any]:
+        """Per loaded model (``id`` or ``id+adapter``): its batch, queue and counters."""
+        return {
+            f"{m.model_id}{'+' + m.adapter if m.adapter else ''}": asdict(m.engine.stats())
+            for m in self.registry.models.models()
+        }
+
+    def not_loaded(self) -> list[str]:
+        """Configured tiers whose model is not in memory (they load on first request)."""
+        return [name for name in self.registry.names if self.registry.loaded(name) is None]
+
+    def max_total_tokens(self, tier: str, model: LoadedModel | None = None) -> int | None:
+        """Prompt + output tokens a request to ``tier`` may use (None until its model is
+        loaded, unless the tier sets a limit)."""
+        limit = self.registry.config.tier(tier).limits.max_total_tokens
+        model = model or self.registry.loaded(tier)
+        if model is None:
+            return limit
+        return min(limit or model.engine.max_total_tokens, model.engine.max_total_tokens)
 
     def chat_prompt(
         self,
@@ -151,7 +235,7 @@ class TierGenerator:
             if p.truncate < 1:
                 raise InputError("Input validation error: `truncate` must be strictly positive")
             ids = ids[-p.truncate :]
-        max_total = model.engine.max_total_tokens
+        max_total = self.max_total_tokens(tier, model) or model.engine.max_total_tokens
         if len(ids) + max_new > max_total:
             raise InputError(
                 f"Input validation error: `inputs` tokens + `max_new_tokens` must be <= "
@@ -160,6 +244,7 @@ class TierGenerator:
         grammar = None
         if p.grammar is not None:
             grammar = _compile(model, p.grammar)
+            _check_grammar_budget(grammar, max_new)
         defaults = sampling_defaults and not greedy
         temperature = p.temperature
         if temperature is None and p.top_k is None and p.top_p is None and not p.do_sample:
@@ -231,7 +316,18 @@ def _check_ranges(p: GenerateParameters) -> None:
         raise InputError("Input validation error: `top_k` must be strictly positive")
 
 
-def _compile(model: LoadedModel, grammar: Grammar) -> Any:
+def _check_grammar_budget(grammar: Constraint, max_new: int) -> None:
+    """A grammar output is forced to finish within the budget (``shared.llm``), which takes
+    at least the grammar's shortest output: a smaller budget could only return invalid text."""
+    shortest = grammar.min_new_tokens
+    if shortest is not None and max_new < shortest:
+        raise InputError(
+            f"Input validation error: `max_new_tokens` must be at least {shortest} for this "
+            f"grammar (its shortest valid output is {shortest} tokens). Given: {max_new}"
+        )
+
+
+def _compile(model: LoadedModel, grammar: Grammar) -> Constraint:
     if grammar.type == "json":
         value = grammar.value
         if isinstance(value, str):
