@@ -68,9 +68,11 @@ __all__ = [
     "IncrementalDetokenizer",
     "LoadedModel",
     "ModelSpec",
+    "PromptPrefix",
     "SamplingOptions",
     "TokenEvent",
     "TokenStream",
+    "encode_prefix",
     "next_token_logprobs",
 ]
 
@@ -916,12 +918,15 @@ class BatchEngine:
             return
         ids, mask, positions = _left_padded([r.request.input_ids for r in rows], self.device)
         cache = DynamicCache()
+        # Only the last position's logits: the others would cost a (rows, width, vocab) product
+        # with the output embedding, as much as the layers for a small model's big vocabulary.
         out = self.model(
             input_ids=ids,
             attention_mask=mask,
             position_ids=positions,
             past_key_values=cache,
             use_cache=True,
+            logits_to_keep=1,
         )
         logits = out.logits[:, -1].float()  # (new rows, vocab)
         for i, row in enumerate(rows):
@@ -1168,7 +1173,34 @@ def _eos_ids(model: Any, tokenizer: Any) -> frozenset[int]:
     return frozenset(ids)
 
 
-def next_token_logprobs(model: Any, prompts: Sequence[Sequence[int]]) -> torch.Tensor:
+@dataclass(frozen=True)
+class PromptPrefix:
+    """The key/value cache of a prompt prefix that many prompts share (an instruction), so a
+    scoring call runs only the part after it. Make it with :func:`encode_prefix`."""
+
+    # The prefix's token ids.
+    ids: tuple[int, ...]
+    # Per layer, the keys and values: (1, kv_heads, len(ids), head_dim) each.
+    layers: tuple[tuple[torch.Tensor, torch.Tensor], ...]
+
+
+def encode_prefix(model: Any, ids: Sequence[int]) -> PromptPrefix:
+    """Run a prompt prefix once and keep its key/value cache (:class:`PromptPrefix`)."""
+    from transformers import DynamicCache
+
+    if not ids:
+        raise ValueError("a prompt prefix needs at least one token")
+    device = next(model.parameters()).device
+    cache = DynamicCache()
+    with torch.inference_mode():
+        model(input_ids=torch.tensor([list(ids)], device=device), past_key_values=cache,
+              use_cache=True, logits_to_keep=1)  # fmt: skip
+    return PromptPrefix(tuple(ids), tuple((layer.keys, layer.values) for layer in cache.layers))
+
+
+def next_token_logprobs(
+    model: Any, prompts: Sequence[Sequence[int]], *, prefix: PromptPrefix | None = None
+) -> torch.Tensor:
     """Log-probabilities of the token that follows each prompt, from one forward pass.
 
     What classification or scoring with an LLM needs (compare the log-probabilities of a few
@@ -1178,17 +1210,38 @@ def next_token_logprobs(model: Any, prompts: Sequence[Sequence[int]]) -> torch.T
     Args:
         model: A causal LM on its device, in eval mode.
         prompts: Token ids of each prompt, special tokens included (at least one prompt, none
-            empty).
+            empty); with ``prefix``, the ids that follow it.
+        prefix: A shared start of every prompt, already run (:func:`encode_prefix`): only the
+            rest is computed, against its cache.
 
     Returns:
         ``(len(prompts), vocab)`` float32 log-probabilities, on the model's device.
     """
+    from transformers import DynamicCache
+
     if not prompts or any(len(p) == 0 for p in prompts):
         raise ValueError("next_token_logprobs needs at least one prompt and no empty prompt")
     device = next(model.parameters()).device
     ids, mask, positions = _left_padded(prompts, device)
+    cache = None
+    if prefix is not None:
+        # [prefix][padding][prompt]: the padding is masked, positions continue the prefix's.
+        batch, start = len(prompts), len(prefix.ids)
+        mask = torch.cat([mask.new_ones(batch, start), mask], dim=1)
+        positions = positions + start
+        cache = DynamicCache()
+        for index, (keys, values) in enumerate(prefix.layers):
+            cache.update(keys.expand(batch, -1, -1, -1).contiguous(),
+                         values.expand(batch, -1, -1, -1).contiguous(), index)  # fmt: skip
     with torch.inference_mode():
-        out = model(input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=False)
+        out = model(
+            input_ids=ids,
+            attention_mask=mask,
+            position_ids=positions,
+            past_key_values=cache,
+            use_cache=cache is not None,
+            logits_to_keep=1,
+        )
         return torch.log_softmax(out.logits[:, -1].float(), dim=-1)  # (batch, vocab)
 
 
@@ -1281,12 +1334,14 @@ class LoadedModel:
         """True while a generation or a scoring call uses the model."""
         return self._scoring > 0 or self.engine.busy
 
-    def next_token_logprobs(self, prompts: Sequence[Sequence[int]]) -> torch.Tensor:
+    def next_token_logprobs(
+        self, prompts: Sequence[Sequence[int]], *, prefix: PromptPrefix | None = None
+    ) -> torch.Tensor:
         """:func:`next_token_logprobs` on this model, which counts as in use meanwhile."""
         with self._lock:
             self._scoring += 1
         try:
-            return next_token_logprobs(self.model, prompts)
+            return next_token_logprobs(self.model, prompts, prefix=prefix)
         finally:
             with self._lock:
                 self._scoring -= 1

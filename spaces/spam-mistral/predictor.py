@@ -37,6 +37,7 @@ from shared.llm import (
     ModelSpec,
     SamplingOptions,
     TokenStream,
+    encode_prefix,
 )
 from shared.serving import ModelInfo, predict
 from shared.text import TextLimits, check_text
@@ -272,10 +273,19 @@ class Prepared:
 _DELIMITER = re.compile(r"<\s*(/?)\s*message\s*>", re.IGNORECASE)
 
 
+def neutralise(text: str) -> str:
+    """A message that cannot close its delimiters: ``</message>`` (``<message>``) inside it
+    becomes ``‹/message›`` (``‹message›``), so the text after it is still read as data."""
+    return _DELIMITER.sub(lambda m: f"‹{m.group(1)}message›", text)
+
+
 def delimit(text: str) -> str:
-    """The message between ``<message>`` delimiters it cannot close: a ``</message>`` inside it
-    becomes ``‹/message›``, so the text after it is still read as data."""
-    return f"<message>\n{_DELIMITER.sub(lambda m: f'‹{m.group(1)}message›', text)}\n</message>"
+    """The message between ``<message>`` delimiters it cannot close."""
+    return f"<message>\n{neutralise(text)}\n</message>"
+
+
+# Stands for the message while the prompt around it is rendered once (a private-use character).
+_SLOT = "\ue000"
 
 
 def render_chat(tokenizer: Any, messages: list[dict[str, str]]) -> str:
@@ -389,6 +399,20 @@ class SpamClassifier:
         self.limits = TextLimits(max_chars=settings.max_chars)
         self.label_ids = verbalizer_ids(self.tokenizer, settings.verbalizers)
         self.cache = VerdictCache(settings.cache_size)
+        # Every prompt is [instruction ... <message>\n] message [\n</message> ... Answer:]: the
+        # part before the message is the same for all, so it runs once (shared.llm's
+        # PromptPrefix) and each message costs only its own tokens and the short tail.
+        messages = [
+            {"role": "system", "content": settings.instruction},
+            {"role": "user", "content": delimit(_SLOT)},
+        ]
+        template = render_chat(self.tokenizer, messages) + settings.answer_prefix
+        if template.count(_SLOT) != 1:
+            raise ModelLoadError("the chat template does not keep the message in one place")
+        head, tail = template.split(_SLOT)
+        self.prefix_ids = tuple(self.tokenizer.encode(head, add_special_tokens=False))
+        self.tail_ids = tuple(self.tokenizer.encode(tail, add_special_tokens=False))
+        self.prefix = encode_prefix(loaded.model, self.prefix_ids)
         self.info = model_info(
             loaded,
             demo,
@@ -414,19 +438,12 @@ class SpamClassifier:
         return Prepared(key, ids, truncated)
 
     def prompt_ids(self, message: str) -> tuple[tuple[int, ...], bool]:
-        """The chat-templated prompt of one message, cut to ``max_message_tokens``."""
-        encode = self.tokenizer.encode
+        """The ids of a message's prompt after the shared prefix (:attr:`prefix_ids`): the
+        message, cut to ``max_message_tokens``, then the tail up to the answer prefix; and
+        whether it was cut."""
+        ids = self.tokenizer.encode(neutralise(message), add_special_tokens=False)
         limit = self.settings.max_message_tokens
-        ids = encode(message, add_special_tokens=False)
-        truncated = len(ids) > limit
-        if truncated:
-            message = self.tokenizer.decode(ids[:limit], skip_special_tokens=True)
-        messages = [
-            {"role": "system", "content": self.settings.instruction},
-            {"role": "user", "content": delimit(message)},
-        ]
-        prompt = render_chat(self.tokenizer, messages) + self.settings.answer_prefix
-        return tuple(encode(prompt, add_special_tokens=False)), truncated
+        return tuple(ids[:limit]) + self.tail_ids, len(ids) > limit
 
     # -- forward ------------------------------------------------------------------------------
 
@@ -441,7 +458,7 @@ class SpamClassifier:
 
     def label_scores(self, prompts: Sequence[Sequence[int]]) -> torch.Tensor:
         """``(prompts, 2)``: log of the summed next-token probability of each label's tokens."""
-        logprobs = self.loaded.next_token_logprobs(prompts).cpu()  # (prompts, vocab)
+        logprobs = self.loaded.next_token_logprobs(prompts, prefix=self.prefix).cpu()
         return torch.stack(
             [torch.logsumexp(logprobs[:, self.label_ids[label]], dim=-1) for label in LABELS],
             dim=-1,

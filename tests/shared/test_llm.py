@@ -23,6 +23,7 @@ from shared.llm import (
     IncrementalDetokenizer,
     ModelSpec,
     SamplingOptions,
+    encode_prefix,
     next_token_logprobs,
 )
 
@@ -189,6 +190,21 @@ def test_next_token_logprobs_match_the_engine(tiny):
         assert float(row[first.id]) == pytest.approx(first.logprob, abs=1e-4)
     with pytest.raises(ValueError, match="at least one prompt"):
         next_token_logprobs(model, [])
+
+
+def test_a_shared_prefix_is_run_once_and_scores_the_same(tiny):
+    model, tokenizer, _ = tiny
+    prefix = _ids(tokenizer, "You are a spam filter. Answer spam or not_spam.")
+    tails = [
+        tokenizer.encode(t, add_special_tokens=False) for t in (" hi", " you won a prize!", "x")
+    ]
+    whole = next_token_logprobs(model, [[*prefix, *tail] for tail in tails])
+    cached = encode_prefix(model, prefix)
+    assert cached.ids == tuple(prefix) and len(cached.layers) == model.config.num_hidden_layers
+    split = next_token_logprobs(model, tails, prefix=cached)
+    assert torch.allclose(whole, split, atol=1e-4)
+    with pytest.raises(ValueError, match="at least one token"):
+        encode_prefix(model, [])
 
 
 def test_stop_sequence_ends_generation(tiny):

@@ -26,7 +26,7 @@ from predictor import (
 )
 from shared.config import ConfigError, Override, read_yaml
 from shared.errors import InputError, ModelLoadError
-from shared.llm import GenerationResult, TokenEvent
+from shared.llm import GenerationResult, TokenEvent, next_token_logprobs
 from shared.serving import run_batch
 from tests.harness import DEMO_MODELS_DIR
 
@@ -66,11 +66,11 @@ def test_a_message_cannot_close_its_delimiters():
 
 
 def test_the_prompt_holds_the_instruction_the_message_and_the_answer_prefix(classifier):
-    ids, truncated = classifier.prompt_ids("hello there")
-    prompt = classifier.tokenizer.decode(ids)
+    ids, truncated = classifier.prompt_ids("hello </message> there")
+    prompt = classifier.tokenizer.decode(classifier.prefix_ids + ids)
     assert not truncated
     assert "spam filter" in prompt
-    assert "<message>\nhello there\n</message>" in prompt
+    assert "<message>\nhello ‹/message› there\n</message>" in prompt
     assert prompt.endswith("Answer:")
 
 
@@ -89,6 +89,13 @@ def test_verbalizers_are_distinct_first_tokens(classifier):
 def test_verbalizers_that_share_every_first_token_are_refused(classifier):
     with pytest.raises(ModelLoadError, match="share every first token"):
         verbalizer_ids(classifier.tokenizer, {"spam": ["spam"], "not_spam": ["spam"]})
+
+
+def test_the_shared_prefix_scores_as_the_whole_prompt_would(classifier):
+    ids, _ = classifier.prompt_ids("Free iPhone!! tap bit.ly/x")
+    whole = next_token_logprobs(classifier.loaded.model, [classifier.prefix_ids + ids])
+    split = classifier.loaded.next_token_logprobs([ids], prefix=classifier.prefix)
+    assert torch.allclose(whole, split, atol=1e-4)
 
 
 def test_the_served_pipeline_is_the_tested_one(classifier):
