@@ -165,7 +165,7 @@ def table(rows: list[Row], replies: list[tuple[int, float, float]], meta: dict[s
         f"- date: {meta['date']}",
         f"- command: `{meta['command']}`",
         f"- model: random Mistral shape, {meta['params']} parameters, {meta['dtype']}; "
-        f"messages from data/eval.jsonl",
+        f"messages from data/eval.jsonl, {meta['tokens']}",
         "",
         "## Classification",
         "",
@@ -221,9 +221,11 @@ def main(argv: list[str] | None = None) -> int:
         classify_run(served, texts[:4], 4)  # warm-up
         rows = [baseline(classifier.loaded.model, classifier.tokenizer,
                          texts[: args.baseline_requests])]  # fmt: skip
-        for concurrency in (1, 16):
-            n = args.requests if concurrency > 1 else max(4, args.requests // 4)
-            rows.append(classify_run(served, texts[:n], concurrency))
+        for concurrency in (1, 16):  # the same messages at both
+            rows.append(classify_run(served, texts[: args.requests], concurrency))
+        tokens = statistics.mean(
+            len(classifier.prompt_ids(t)[0]) for t in texts[: args.requests]
+        )  # what each message runs after the shared prefix
         reply_run(generator, 1, 4)  # warm-up
         replies = [(n, *reply_run(generator, n, args.new_tokens)) for n in (1, 4)]
         dtype = classifier.loaded.dtype
@@ -231,6 +233,8 @@ def main(argv: list[str] | None = None) -> int:
         "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
         "command": "python -m benchmarks.spam_mistral.bench " + " ".join(argv or sys.argv[1:]),
         "params": f"{params / 1e6:.0f}M",
+        "tokens": f"{tokens:.0f} tokens per message after a {len(classifier.prefix_ids)}-token "
+        "shared prefix (the demo tokenizer's 1,024-token vocabulary)",
         "dtype": dtype,
     }
     text = table(rows, replies, meta)

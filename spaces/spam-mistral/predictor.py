@@ -39,7 +39,7 @@ from shared.llm import (
     TokenStream,
     encode_prefix,
 )
-from shared.serving import ModelInfo, predict
+from shared.serving import ModelInfo, plan_chunks, predict
 from shared.text import TextLimits, check_text
 
 logger = logging.getLogger(__name__)
@@ -124,6 +124,8 @@ class SpamSettings(BaseModel):
     max_batch: int = Field(64, ge=1)
     # Tokens of a message the prompt keeps.
     max_message_tokens: int = Field(512, ge=8)
+    # Most padded tokens per forward pass (length-sorted chunks of a batch).
+    batch_tokens: int = Field(2048, ge=1)
     # Verdicts kept in the cache of recent messages.
     cache_size: int = Field(4096, ge=0)
     # Reply generation.
@@ -457,7 +459,21 @@ class SpamClassifier:
         return scores
 
     def label_scores(self, prompts: Sequence[Sequence[int]]) -> torch.Tensor:
-        """``(prompts, 2)``: log of the summed next-token probability of each label's tokens."""
+        """``(prompts, 2)``: log of the summed next-token probability of each label's tokens.
+
+        Prompts run length-sorted, in forward passes of at most ``batch_tokens`` padded tokens
+        (``shared.serving.plan_chunks``): a short message padded to a long one's length would
+        pay for the padding, and attention grows with the square of it.
+        """
+        order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
+        lengths = [len(prompts[i]) for i in order]
+        scores = torch.empty(len(prompts), len(LABELS))
+        for start, end in plan_chunks(lengths, self.settings.batch_tokens):
+            chunk = order[start:end]
+            scores[chunk] = self._label_scores([prompts[i] for i in chunk])
+        return scores
+
+    def _label_scores(self, prompts: Sequence[Sequence[int]]) -> torch.Tensor:
         logprobs = self.loaded.next_token_logprobs(prompts, prefix=self.prefix).cpu()
         return torch.stack(
             [torch.logsumexp(logprobs[:, self.label_ids[label]], dim=-1) for label in LABELS],

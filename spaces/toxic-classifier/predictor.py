@@ -9,7 +9,6 @@ command and the benchmark call :meth:`ToxicityClassifier.classify`, the same thr
 
 from __future__ import annotations
 
-import itertools
 import logging
 import re
 import threading
@@ -32,7 +31,7 @@ from shared.models import (
     resolve_model,
     select_device,
 )
-from shared.serving import ModelInfo, predict
+from shared.serving import ModelInfo, plan_chunks, predict
 from shared.text import ArabicNormalization, TextLimits, check_text, normalize_arabic
 
 logger = logging.getLogger(__name__)
@@ -257,38 +256,6 @@ class Prepared:
     def tokens(self) -> int:
         """How many tokens the model runs on (the batcher's cost of this text)."""
         return len(self.input_ids)
-
-
-def plan_chunks(lengths: Sequence[int], budget: int) -> list[tuple[int, int]]:
-    """Cut length-sorted texts into forward passes of at most ``budget`` padded tokens.
-
-    A chunk is padded to its longest (last) text, so ``(end - start) * lengths[end - 1]`` must
-    stay within the budget; a text longer than the budget runs alone. The fewest chunks that
-    fit are found greedily, then the texts are spread evenly over that many chunks when the
-    even split fits too: 16 similar texts with room for 10 run as 8 + 8, not 10 + 6.
-
-    Args:
-        lengths: Token counts, ascending.
-        budget: Most padded tokens per chunk.
-
-    Returns:
-        ``(start, end)`` index ranges covering ``lengths`` in order.
-    """
-
-    def fits(start: int, end: int) -> bool:
-        return (end - start) * lengths[end - 1] <= max(budget, lengths[start])
-
-    greedy: list[tuple[int, int]] = []
-    start = 0
-    while start < len(lengths):
-        end = start + 1
-        while end < len(lengths) and fits(start, end + 1):
-            end += 1
-        greedy.append((start, end))
-        start = end
-    n, k = len(lengths), len(greedy)
-    even = list(itertools.pairwise(round(i * n / k) for i in range(k + 1))) if k else []
-    return even if all(fits(s, e) for s, e in even) else greedy
 
 
 class ToxicityClassifier:

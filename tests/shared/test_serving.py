@@ -10,6 +10,8 @@ import gradio as gr
 import pytest
 from fastapi import APIRouter, FastAPI
 from fastapi.testclient import TestClient
+from hypothesis import given
+from hypothesis import strategies as st
 from pydantic import BaseModel
 
 from shared.errors import InputError, ModelLoadError
@@ -26,6 +28,7 @@ from shared.serving import (
     install_routes,
     loading_banner,
     mount_gradio,
+    plan_chunks,
     predict,
 )
 
@@ -567,3 +570,20 @@ def test_loading_banner_refreshes_until_the_load_is_over():
     state["loading"] = False
     text, timer = refresh.fn()
     assert (text, timer.active) == ("loading=False", False)  # the timer stops
+
+
+@given(
+    lengths=st.lists(st.integers(min_value=1, max_value=600), max_size=80).map(sorted),
+    budget=st.integers(min_value=1, max_value=4096),
+)
+def test_plan_chunks_covers_in_order_within_budget(lengths, budget):
+    chunks = plan_chunks(lengths, budget)
+    assert [i for s, e in chunks for i in range(s, e)] == list(range(len(lengths)))
+    for s, e in chunks:
+        assert e > s
+        assert (e - s) * lengths[e - 1] <= budget or e - s == 1
+
+
+def test_plan_chunks_splits_evenly():
+    assert plan_chunks([40] * 16, 400) == [(0, 8), (8, 16)]
+    assert plan_chunks([30, 30, 300, 300], 512) == [(0, 2), (2, 3), (3, 4)]

@@ -14,7 +14,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 from transformers import AutoTokenizer, BertConfig, BertForSequenceClassification
 
-from predictor import Settings, ToxicityClassifier, load_settings, plan_chunks
+from predictor import Settings, ToxicityClassifier, load_settings
 from scripts.launcher import ONNX_CACHE_DIR
 from shared.config import ConfigError
 from shared.errors import InputError, ModelLoadError
@@ -422,20 +422,3 @@ def test_reduced_precision_stays_close_to_fp32(demo_dir, classifier, precision):
     # (the benchmark measures the real gap on a BERT-base model over the evaluation set).
     assert reduced == pytest.approx(reference, abs=0.05)
     assert reduced != reference
-
-
-@given(
-    lengths=st.lists(st.integers(min_value=1, max_value=600), max_size=80).map(sorted),
-    budget=st.integers(min_value=1, max_value=4096),
-)
-def test_plan_chunks_covers_in_order_within_budget(lengths, budget):
-    chunks = plan_chunks(lengths, budget)
-    assert [i for s, e in chunks for i in range(s, e)] == list(range(len(lengths)))
-    for s, e in chunks:
-        assert e > s
-        assert (e - s) * lengths[e - 1] <= budget or e - s == 1
-
-
-def test_plan_chunks_splits_evenly():
-    assert plan_chunks([40] * 16, 400) == [(0, 8), (8, 16)]
-    assert plan_chunks([30, 30, 300, 300], 512) == [(0, 2), (2, 3), (3, 4)]
