@@ -23,14 +23,12 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
-import json
 import logging
 import os
 import platform
 import resource
 import shlex
 import shutil
-import subprocess
 import sys
 import tempfile
 import threading
@@ -45,6 +43,7 @@ sys.path.insert(0, str(ROOT))
 
 import torch  # noqa: E402
 
+from benchmarks.models import build_random_mistral  # noqa: E402
 from shared.llm import CausalLMRegistry, GenerationRequest  # noqa: E402
 from tiers import TierRegistry, load_space_config  # noqa: E402
 
@@ -69,40 +68,6 @@ class Row:
     tokens_per_s: float
     # Free text (errors, notes).
     note: str = ""
-
-
-def build_model(folder: Path, *, layers: int, hidden: int) -> int:
-    """Write a random Mistral-shaped model plus the demo tokenizer; return its parameter count."""
-    from transformers import AutoTokenizer, MistralConfig, MistralForCausalLM
-
-    demo = ROOT / "build" / "demo-models" / "mistral-tiny"
-    if not demo.is_dir():
-        subprocess.run(
-            [sys.executable, str(ROOT / "scripts" / "build_demo_models.py"), str(demo.parent)],
-            check=True,
-        )
-    tokenizer = AutoTokenizer.from_pretrained(demo)
-    config = MistralConfig(
-        vocab_size=32000,
-        hidden_size=hidden,
-        intermediate_size=hidden * 4,
-        num_hidden_layers=layers,
-        num_attention_heads=hidden // 64,
-        num_key_value_heads=max(1, hidden // 128),
-        head_dim=64,
-        max_position_embeddings=4096,
-        sliding_window=None,
-        bos_token_id=tokenizer.bos_token_id,
-        eos_token_id=tokenizer.eos_token_id,
-        pad_token_id=tokenizer.eos_token_id,
-        tie_word_embeddings=False,
-    )
-    torch.manual_seed(0)
-    model = MistralForCausalLM(config)
-    model.save_pretrained(folder)
-    tokenizer.save_pretrained(folder)
-    (folder / "demo_weights.json").write_text(json.dumps({"demo": True, "note": "benchmark"}))
-    return sum(p.numel() for p in model.parameters())
 
 
 def rss_peak_mb() -> float:
@@ -255,7 +220,7 @@ def main() -> None:
     folder = Path(tempfile.mkdtemp(prefix="llm-tiers-bench-"))
     try:
         t = time.perf_counter()
-        params = build_model(folder, layers=args.layers, hidden=args.hidden)
+        params = build_random_mistral(folder, layers=args.layers, hidden=args.hidden)
         print(f"built {params / 1e6:.0f}M-parameter model in {time.perf_counter() - t:.0f}s",
               flush=True)  # fmt: skip
         tiers = ["base", "company", "abstraction", "user"]
