@@ -800,6 +800,9 @@ class BatchEngine:
         self.vocab_size = int(model.config.get_text_config().vocab_size)
         self.eos_ids = _eos_ids(model, tokenizer)
         self._waiting: deque[_Row] = deque()
+        # Rows taken from the queue and being prefilled: in neither _waiting nor _rows, yet in
+        # flight (a stream may already hold its first token), so counted against the limits.
+        self._admitting: list[_Row] = []
         self._rows: list[_Row] = []
         self._cache: Any = None
         self._mask: torch.Tensor | None = None  # (batch, cached length), 1 = real token
@@ -838,7 +841,7 @@ class BatchEngine:
         with self._lock:
             if self._stopping:
                 raise GenerationFailed(f"{self.name} was unloaded; retry the request")
-            in_flight = [*self._waiting, *self._rows]
+            in_flight = [*self._waiting, *self._admitting, *self._rows]
             if len(in_flight) >= self.max_concurrent_requests:
                 raise EngineOverloaded("Model is overloaded")
             same_group = sum(1 for r in in_flight if r.group == group)
@@ -861,7 +864,7 @@ class BatchEngine:
     def busy(self) -> bool:
         """True while any request is running or waiting."""
         with self._lock:
-            return bool(self._rows or self._waiting)
+            return bool(self._rows or self._waiting or self._admitting)
 
     def stop(self) -> None:
         """Stop the loop; requests still in flight fail with a retry message."""
@@ -883,10 +886,13 @@ class BatchEngine:
                     break
                 room = self.max_batch_size - len(self._rows)
                 admitted = [self._waiting.popleft() for _ in range(min(room, len(self._waiting)))]
+                self._admitting = admitted
             try:
                 with torch.inference_mode():
                     if admitted:
                         self._admit(admitted)
+                    with self._lock:
+                        self._admitting = []  # merged into _rows, or finished
                     self._drop_cancelled()
                     if self._rows:
                         self._step()
@@ -900,6 +906,9 @@ class BatchEngine:
                     self._counters["failed"] += len(failed)
                     self._rows = []
                 self._cache = self._mask = None
+            finally:
+                with self._lock:
+                    self._admitting = []
         for row in pending:
             row.stream._put(GenerationFailed(f"{self.name} was unloaded; retry the request"))
 
