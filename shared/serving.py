@@ -695,7 +695,9 @@ def install_routes(app: Any, service: Service[Any]) -> None:
     from fastapi.responses import JSONResponse
     from starlette.exceptions import HTTPException
 
-    @app.get("/health", tags=["service"])
+    # response_model=None: the return annotation is a string here (postponed annotations) that
+    # names a local import, which FastAPI cannot resolve when it builds /openapi.json.
+    @app.get("/health", tags=["service"], response_model=None)
     def health() -> JSONResponse:
         code, body = service.health()
         return JSONResponse(body, status_code=code)

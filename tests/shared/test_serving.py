@@ -587,3 +587,11 @@ def test_plan_chunks_covers_in_order_within_budget(lengths, budget):
 def test_plan_chunks_splits_evenly():
     assert plan_chunks([40] * 16, 400) == [(0, 8), (8, 16)]
     assert plan_chunks([30, 30, 300, 300], 512) == [(0, 2), (2, 3), (3, 4)]
+
+
+def test_the_openapi_document_is_served():
+    """``/health``'s return annotation once broke ``/openapi.json`` for every Space (500)."""
+    service = Service("demo", lambda: Model("m"))
+    response = make_app(service).get("/openapi.json")
+    assert response.status_code == 200
+    assert {"/health", "/stats", "/echo"} <= set(response.json()["paths"])

@@ -473,9 +473,6 @@ class SpacesClient:
             if task is None or task.cancelling():
                 raise  # the caller cancelled the call
             # A library cancelled one of its own futures: not the caller's doing.
-            import traceback
-
-            traceback.print_exc(limit=30)  # DEBUG
             raise SpaceUnavailableError(
                 f"{request.name}: cancelled by a transport", space=state.label
             ) from e
@@ -515,7 +512,7 @@ class SpacesClient:
             state.breaker.record_success()
             raise
         except asyncio.CancelledError:
-            state.breaker.release()
+            _cancelled(state, end)
             raise
         except TimeoutError as e:
             state.breaker.record_failure()
@@ -1165,7 +1162,7 @@ class SpacesClient:
             state.breaker.record_success()
             raise
         except asyncio.CancelledError:
-            state.breaker.release()
+            _cancelled(state, end)
             raise
         except SpacesError:
             state.breaker.record_failure()
@@ -1245,3 +1242,14 @@ def _parse(parse: Callable[[Any], T], raw: Any, state: SpaceState, where: str) -
             f"{where}: the answer is not the documented body ({type(e).__name__}: {str(e)[:200]})",
             space=state.label,
         ) from e
+
+
+def _cancelled(state: SpaceState, end: float) -> None:
+    """Tell the breaker how a cancelled call ended. A call cut by its own deadline failed: when
+    the caller's deadline and this call's fall on the same instant, asyncio delivers the inner
+    one as a plain CancelledError, and the failure must still count. Any other cancellation
+    (the caller gave up) says nothing about the Space."""
+    if asyncio.get_running_loop().time() >= end:
+        state.breaker.record_failure()
+    else:
+        state.breaker.release()
