@@ -2,13 +2,15 @@
 
 Small and flat: ``config`` (config.yaml + environment overrides), ``errors``, ``labels`` (raw
 model labels to a Space's labels), ``models`` (sources, validation, safe loading, device),
-``serving`` (the serving contract: Service, /health, /stats, errors, batching), ``text``; and,
+``serving`` (the serving contract: Service, /health, /stats, errors, batching), ``guard``
+(request limits before any work), ``text``; and,
 imported by module because they pull in heavy libraries, ``audio`` (ffmpeg), ``documents``
 (PDF/images), ``quantize`` (int8 ONNX) and ``llm`` (the batched generation engine, torch).
 """
 
 from shared.config import ConfigError, Override, env_overrides, load_config, load_or_exit
-from shared.errors import InputError, ModelLoadError
+from shared.errors import InputError, ModelLoadError, Overloaded
+from shared.guard import MAX_BODY_BYTES, RequestGuard, check_json
 from shared.labels import LABEL_MAP_FILENAME, LabelMapper, LabelMappingError, load_label_map
 from shared.models import (
     DeviceChoice,
@@ -39,6 +41,7 @@ from shared.text import TextInputError, TextLimits, check_text, clean_text, norm
 
 __all__ = [
     "LABEL_MAP_FILENAME",
+    "MAX_BODY_BYTES",
     "BatchedPredictor",
     "ConfigError",
     "DeviceChoice",
@@ -51,12 +54,15 @@ __all__ = [
     "ModelLoadError",
     "ModelNotReady",
     "ModelSource",
+    "Overloaded",
     "Override",
     "Predictor",
+    "RequestGuard",
     "RequestStats",
     "Service",
     "TextInputError",
     "TextLimits",
+    "check_json",
     "check_text",
     "clean_text",
     "demo_info",

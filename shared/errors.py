@@ -9,3 +9,7 @@ class InputError(ValueError):
 
 class ModelLoadError(RuntimeError):
     """A model that cannot be loaded; the message says what to do about it."""
+
+
+class Overloaded(RuntimeError):
+    """More work is queued than the Space takes; served as HTTP 429 with ``Retry-After``."""

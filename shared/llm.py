@@ -35,6 +35,7 @@ import asyncio
 import gc
 import json
 import logging
+import math
 import queue
 import random
 import threading
@@ -80,6 +81,10 @@ logger = logging.getLogger(__name__)
 
 FinishReason = Literal["length", "eos_token", "stop_sequence"]
 Dtype = Literal["auto", "float32", "bfloat16", "float16"]
+
+
+#: The logprob reported for a token whose probability is 0 (the most negative float32).
+LOWEST_LOGPROB = -3.4028234663852886e38
 
 
 class EngineOverloaded(RuntimeError):
@@ -741,10 +746,24 @@ class _Row:
         return len(self.all_ids) - 1
 
 
+class _Temperature:
+    """Softmax temperature that stays finite for any positive value: the scores are shifted so
+    the best is 0 before dividing. HF's warper divides first, and a temperature such as 1e-300
+    (which TGI accepts) made the scores infinite and the probabilities NaN."""
+
+    def __init__(self, temperature: float) -> None:
+        self.temperature = temperature
+
+    def __call__(self, input_ids: Any, scores: torch.Tensor) -> torch.Tensor:
+        best = scores.max(dim=-1, keepdim=True).values  # (batch, 1)
+        # Below the dtype's smallest normal number the temperature would round to 0 (and 0/0 is
+        # NaN); at that size the distribution is already all on the best token.
+        return (scores - best) / max(self.temperature, torch.finfo(scores.dtype).tiny)
+
+
 def _warpers(sampling: SamplingOptions) -> list[Any]:
     """HF logits warpers for a request (empty for greedy decoding)."""
     from transformers.generation.logits_process import (
-        TemperatureLogitsWarper,
         TopKLogitsWarper,
         TopPLogitsWarper,
         TypicalLogitsWarper,
@@ -754,7 +773,7 @@ def _warpers(sampling: SamplingOptions) -> list[Any]:
         return []
     warpers: list[Any] = []
     if sampling.temperature is not None and sampling.temperature != 1.0:
-        warpers.append(TemperatureLogitsWarper(sampling.temperature))
+        warpers.append(_Temperature(sampling.temperature))
     if sampling.top_k:
         warpers.append(TopKLogitsWarper(sampling.top_k))
     if sampling.top_p is not None and sampling.top_p < 1.0:
@@ -1095,7 +1114,9 @@ class BatchEngine:
             token = int(scores.argmax(dim=-1))
         if row.closer is not None:
             token = self._keep_closable(row, token)
-        return token, float(logprobs[0, token])
+        logprob = float(logprobs[0, token])
+        # A token forced by the grammar may have been masked (-inf): JSON has no infinities.
+        return token, logprob if math.isfinite(logprob) else LOWEST_LOGPROB
 
     def _keep_closable(self, row: _Row, token: int) -> int:
         """``token``, unless taking it would leave too few tokens to complete the grammar.
@@ -1322,6 +1343,17 @@ class LoadedModel:
     # Calls of next_token_logprobs in flight (a model in use is never evicted).
     _scoring: int = field(default=0, repr=False)
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+    _chars_per_token: int | None = field(default=None, repr=False)
+
+    @property
+    def max_chars_per_token(self) -> int:
+        """Most characters of text one token can stand for: twice the longest vocabulary entry
+        (the margin covers normalizers that fold several characters into one). A text longer
+        than ``n * max_chars_per_token`` has more than ``n`` tokens, known without tokenizing."""
+        if self._chars_per_token is None:
+            longest = max(map(len, self.tokenizer.get_vocab()), default=1)
+            self._chars_per_token = 2 * max(1, longest)
+        return self._chars_per_token
 
     @property
     def model_id(self) -> str:

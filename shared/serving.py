@@ -23,7 +23,8 @@ from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any, Generic, ParamSpec, Protocol, TypeVar
 
-from shared.errors import InputError, ModelLoadError
+from shared.errors import InputError, ModelLoadError, Overloaded
+from shared.guard import MAX_BODY_BYTES, MAX_CONCURRENT_REQUESTS, RequestGuard
 
 logger = logging.getLogger(__name__)
 
@@ -116,7 +117,12 @@ DEFAULT_ERRORS: Mapping[type[BaseException], ErrorKind] = {
     # in Service.error_kind: loading gets a Retry-After, failed does not).
     ModelNotReady: ErrorKind(503, "unavailable"),
     ModelLoadError: ErrorKind(503, "unavailable"),
+    # A full queue answers at once (TGI's 429 "Model is overloaded"), not after a timeout.
+    Overloaded: ErrorKind(429, "overloaded", headers={"Retry-After": "1"}),
 }
+
+#: Default largest file a Space's Gradio UI accepts in an upload.
+MAX_FILE_BYTES = 10 * 1024 * 1024
 
 # Seconds a client should wait before retrying a model that is still loading.
 RETRY_AFTER_LOADING = 5
@@ -537,6 +543,8 @@ class DynamicBatcher(Generic[T, R]):
         workers: Worker threads, each running one batch at a time.
         cost: The work of one item (e.g. its tokens); 1 per item when None.
         max_batch_cost: Most total ``cost`` per call of ``fn``; unbounded when None.
+        max_queued: Most items waiting for a worker; a submit that would pass it raises
+            :class:`~shared.errors.Overloaded` at once (429 to the caller). Unbounded when None.
     """
 
     def __init__(
@@ -548,6 +556,7 @@ class DynamicBatcher(Generic[T, R]):
         workers: int = 1,
         cost: Callable[[T], int] | None = None,
         max_batch_cost: int | None = None,
+        max_queued: int | None = None,
     ) -> None:
         if workers < 1:
             raise ValueError(f"workers must be at least 1, got {workers}")
@@ -556,6 +565,7 @@ class DynamicBatcher(Generic[T, R]):
         self._fn = fn
         self.max_batch_size = max_batch_size
         self.max_batch_cost = max_batch_cost
+        self.max_queued = max_queued
         self._cost = cost or (lambda _: 1)
         # (item, its future, its cost), oldest first.
         self._pending: deque[tuple[T, Future[R], int]] = deque()
@@ -590,10 +600,17 @@ class DynamicBatcher(Generic[T, R]):
         Raises:
             TimeoutError: a result did not come within ``timeout`` seconds; the items still
                 queued are dropped, not run for nobody.
+            Overloaded: the queue holds ``max_queued`` items already (nothing was queued).
         """
         costs = [self._cost(item) for item in items]  # a failing cost fails this caller only
         futures: list[Future[R]] = [Future() for _ in items]
         with self._ready:
+            waiting = len(self._pending)
+            if self.max_queued is not None and waiting and waiting + len(items) > self.max_queued:
+                raise Overloaded(
+                    f"{waiting} inputs are queued, the most this Space holds is "
+                    f"{self.max_queued}; retry in a moment"
+                )
             self._pending.extend(zip(items, futures, costs, strict=True))
             self._ready.notify(len(items))
         try:
@@ -678,17 +695,30 @@ def plan_chunks(lengths: Sequence[int], budget: int) -> list[tuple[int, int]]:
     return even if all(fits(s, e) for s, e in even) else greedy
 
 
-def install_routes(app: Any, service: Service[Any]) -> None:
-    """Add ``GET /health``, ``GET /stats`` and the one JSON error boundary to a FastAPI app.
+def install_routes(
+    app: Any,
+    service: Service[Any],
+    *,
+    max_body_bytes: int = MAX_BODY_BYTES,
+    max_concurrent: int = MAX_CONCURRENT_REQUESTS,
+) -> None:
+    """Add ``GET /health``, ``GET /stats``, the request guard and the one JSON error boundary
+    to a FastAPI app.
 
     Every error is ``{"error", "error_type"}`` with the status of its :class:`ErrorKind`:
     user errors keep their message, a model still loading is 503 with ``Retry-After``, a
     failed load 503 without it, a body that fails validation 422 (counted in ``/stats`` under
-    its route), unknown routes 404 and wrong methods 405, anything unexpected 500.
+    its route), unknown routes 404 and wrong methods 405, anything unexpected 500. Before any
+    of that, :class:`shared.guard.RequestGuard` answers a body over ``max_body_bytes`` 413,
+    NaN/Infinity or a lone surrogate 422, and a REST call beyond ``max_concurrent`` in flight
+    429; an unexpected error leaves the client's connection open.
 
     Args:
         app: The FastAPI application (routes must be added before Gradio is mounted at "/").
         service: The Space's service.
+        max_body_bytes: Most bytes in a request body (Gradio's uploads excepted: see
+            :func:`mount_gradio`'s ``max_file_size``).
+        max_concurrent: Most REST requests (other than ``GET``) in flight at once.
     """
     from fastapi import Request
     from fastapi.exceptions import RequestValidationError
@@ -733,8 +763,17 @@ def install_routes(app: Any, service: Service[Any]) -> None:
             headers=dict(exc.headers or {}),
         )
 
+    app.add_middleware(
+        RequestGuard,
+        error_response=service.error_response,
+        max_body_bytes=max_body_bytes,
+        max_concurrent=max_concurrent,
+    )
 
-def mount_gradio(app: Any, blocks: Any, **kwargs: Any) -> Any:
+
+def mount_gradio(
+    app: Any, blocks: Any, *, max_file_size: int | str | None = MAX_FILE_BYTES, **kwargs: Any
+) -> Any:
     """Mount a Gradio app at "/" on the Space's FastAPI app, keeping the error contract.
 
     Gradio at "/" receives every path no route of ``app`` took, so an unknown path would get
@@ -745,7 +784,9 @@ def mount_gradio(app: Any, blocks: Any, **kwargs: Any) -> Any:
     Args:
         app: The FastAPI app, its routes (and ``install_routes``) already added.
         blocks: The Gradio Blocks, queued.
-        **kwargs: More ``gr.mount_gradio_app`` options (``max_file_size``, ...).
+        max_file_size: Largest file Gradio accepts in an upload (bytes, or "10mb"); None for
+            no limit.
+        **kwargs: More ``gr.mount_gradio_app`` options.
 
     Returns:
         The app to serve.
@@ -758,7 +799,7 @@ def mount_gradio(app: Any, blocks: Any, **kwargs: Any) -> Any:
     from starlette.routing import Match, Mount
 
     own_routes = list(app.routes)  # before the mount: the Space's routes and routers
-    app = gr.mount_gradio_app(app, blocks, path="/", **kwargs)
+    app = gr.mount_gradio_app(app, blocks, path="/", max_file_size=max_file_size, **kwargs)
     gradio_app = next(r.app for r in reversed(app.routes) if isinstance(r, Mount))
 
     def allowed_methods(scope: dict[str, Any]) -> list[str]:
@@ -772,11 +813,15 @@ def mount_gradio(app: Any, blocks: Any, **kwargs: Any) -> Any:
         return sorted(allowed)
 
     async def unmatched(request: Request, exc: HTTPException) -> Any:
-        if exc.status_code != 404 or exc.detail != "Not Found":  # one of Gradio's own
+        routing = (exc.status_code, exc.detail) in ((404, "Not Found"), (405, "Method Not Allowed"))
+        if not routing:  # one of Gradio's own answers
             return await http_exception_handler(request, exc)
         path = request.url.path
         scope = {**request.scope, "path": path, "root_path": ""}
         allowed = allowed_methods(scope)
+        if exc.status_code == 405:  # a Gradio route (GET /) that is also one of ours (POST /)
+            theirs = (exc.headers or {}).get("Allow", "")
+            allowed = sorted(set(allowed) | {m.strip() for m in theirs.split(",") if m.strip()})
         if allowed:
             return JSONResponse(
                 {"error": f"{request.method} is not allowed on {path}; use "

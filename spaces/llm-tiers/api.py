@@ -22,6 +22,7 @@ from typing import Any
 from fastapi import APIRouter, Depends, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, StreamingResponse
+from starlette.concurrency import run_in_threadpool
 
 from predictor import Prepared, TierGenerator
 from protocol import (
@@ -195,7 +196,7 @@ class Routes:
     async def generate(self, tier: str, body: GenerateRequest, request: Request) -> dict[str, Any]:
         """``POST /generate``: the whole output as one object (``details`` only when asked)."""
         with self.stats.track(f"{tier}/generate"):
-            prepared = self._prepare(tier, body)
+            prepared = await run_in_threadpool(self._prepare, tier, body)
             stream = self.generator.stream(prepared, loop=asyncio.get_running_loop())
             result = await _collect(stream, request)
             text = prepared.prompt + result.text if prepared.return_full_text else result.text
@@ -220,11 +221,11 @@ class Routes:
                 del answer["details"]
             return answer
 
-    def generate_stream(self, tier: str, body: GenerateRequest) -> StreamingResponse:
+    async def generate_stream(self, tier: str, body: GenerateRequest) -> StreamingResponse:
         """``POST /generate_stream``: TGI's server-sent events."""
         name, start = f"{tier}/generate_stream", time.perf_counter()
         with self._counted_if_refused(name, start):
-            prepared = self._prepare(tier, body)
+            prepared = await run_in_threadpool(self._prepare, tier, body)
             stream = self.generator.stream(prepared, loop=asyncio.get_running_loop())
         return _sse_response(self._tgi_events(name, start, prepared, stream, body.parameters))
 
@@ -257,7 +258,7 @@ class Routes:
     async def compat(self, tier: str, body: GenerateRequest, request: Request) -> Any:
         """``POST /``: a list of one object, or server-sent events with ``"stream": true``."""
         if body.stream:
-            return self.generate_stream(tier, body)
+            return await self.generate_stream(tier, body)
         return [await self.generate(tier, body, request)]
 
     def info(self, tier: str) -> Info:
@@ -301,11 +302,11 @@ class Routes:
         name, start = f"{tier}/api/generate", time.perf_counter()
         if body.stream:
             with self._counted_if_refused(name, start):
-                prepared = self._product_prepare(tier, body)
+                prepared = await run_in_threadpool(self._product_prepare, tier, body)
                 stream = self.generator.stream(prepared, loop=asyncio.get_running_loop())
             return _sse_response(self._tgi_events(name, start, prepared, stream, body.parameters))
         with self.stats.track(name):
-            prepared = self._product_prepare(tier, body)
+            prepared = await run_in_threadpool(self._product_prepare, tier, body)
             stream = self.generator.stream(prepared, loop=asyncio.get_running_loop())
             result = await _collect(stream, request)
         answer: dict[str, Any] = {"generated_text": result.text}
@@ -342,14 +343,14 @@ class Routes:
         stop = [body.stop] if isinstance(body.stop, str) else list(body.stop or [])
         if body.stream:
             with self._counted_if_refused(name, start):
-                prepared = self._chat_prepare(tier, body, stop)
+                prepared = await run_in_threadpool(self._chat_prepare, tier, body, stop)
                 stream = self.generator.stream(prepared, loop=asyncio.get_running_loop())
             include_usage = bool(body.stream_options and body.stream_options.include_usage)
             return _sse_response(
                 self._openai_events(name, start, tier, prepared, stream, include_usage)
             )
         with self.stats.track(name):
-            prepared = self._chat_prepare(tier, body, stop)
+            prepared = await run_in_threadpool(self._chat_prepare, tier, body, stop)
             stream = self.generator.stream(prepared, loop=asyncio.get_running_loop())
             result = await _collect(stream, request)
         text = result.text
@@ -482,11 +483,11 @@ class Routes:
             return await self.generate(tier, body, request)
 
         async def stream_default(body: GenerateRequest) -> StreamingResponse:
-            return self.generate_stream(default, body)
+            return await self.generate_stream(default, body)
 
         async def stream_tier(tier: str, body: GenerateRequest) -> StreamingResponse:
             check(tier)
-            return self.generate_stream(tier, body)
+            return await self.generate_stream(tier, body)
 
         async def compat_default(body: GenerateRequest, request: Request) -> Any:
             return await self.compat(default, body, request)

@@ -51,7 +51,7 @@ service: Service[TierGenerator] = Service(
 )
 
 app = FastAPI(title="LLM tiers", version=VERSION)
-install_routes(app, service)
+install_routes(app, service, max_body_bytes=CONFIG.max_request_bytes)
 Routes(generator, service, api_key=os.environ.get("API_KEY") or None).install(app)
 configure_gradio()
 demo = build_ui(generator, service, self_url=f"http://127.0.0.1:{PORT}")

@@ -168,18 +168,26 @@ class TierGenerator:
             rendered = json.dumps(context, ensure_ascii=False, indent=2, sort_keys=True)
             system = f"{system}\n\nContext:\n{rendered}".strip()
         full = ([{"role": "system", "content": system}] if system else []) + list(messages)
+        if not full:
+            raise InputError(
+                "Input validation error: `messages` has nothing to answer (only an empty system "
+                "message); send at least one user message"
+            )
         if getattr(tokenizer, "chat_template", None) is None:
             lines = [f"{m['role']}: {m['content']}" for m in full]
             return "\n".join([*lines, "assistant:"])
         try:
             return tokenizer.apply_chat_template(full, tokenize=False, add_generation_prompt=True)
-        except Exception:  # templates that reject a system role (e.g. some Mistral ones)
+        except Exception as e:  # templates that reject a system role (e.g. some Mistral ones)
             if not system or not messages:
-                raise
+                raise _template_error(tier, e) from e
             first = {**messages[0], "content": f"{system}\n\n{messages[0]['content']}"}
-            return tokenizer.apply_chat_template(
-                [first, *messages[1:]], tokenize=False, add_generation_prompt=True
-            )
+            try:
+                return tokenizer.apply_chat_template(
+                    [first, *messages[1:]], tokenize=False, add_generation_prompt=True
+                )
+            except Exception as again:
+                raise _template_error(tier, again) from again
 
     def prepare(
         self,
@@ -230,12 +238,22 @@ class TierGenerator:
                 f"for tier {tier!r}. Given: {max_new}"
             )
         model = self.registry.get(tier)
-        ids = model.tokenizer(prompt, add_special_tokens=not templated)["input_ids"]
+        max_total = self.max_total_tokens(tier, model) or model.engine.max_total_tokens
+        # Measured in characters first: tokenizing a 2 MB prompt takes seconds, only to refuse it.
+        per_token = model.max_chars_per_token
+        text = prompt
         if p.truncate is not None:
             if p.truncate < 1:
                 raise InputError("Input validation error: `truncate` must be strictly positive")
+            text = prompt[-p.truncate * per_token :]  # holds the last `truncate` tokens
+        elif len(prompt) > max_total * per_token:
+            raise InputError(
+                f"Input validation error: `inputs` tokens + `max_new_tokens` must be <= "
+                f"{max_total}. Given: {len(prompt):,} characters, more than {max_total} tokens"
+            )
+        ids = model.tokenizer(text, add_special_tokens=not templated)["input_ids"]
+        if p.truncate is not None:
             ids = ids[-p.truncate :]
-        max_total = self.max_total_tokens(tier, model) or model.engine.max_total_tokens
         if len(ids) + max_new > max_total:
             raise InputError(
                 f"Input validation error: `inputs` tokens + `max_new_tokens` must be <= "
@@ -296,6 +314,14 @@ class TierGenerator:
         """Validate, generate to the end and return the result (blocking)."""
         prepared = self.prepare(tier, prompt, parameters)
         return self.stream(prepared).collect()
+
+
+def _template_error(tier: str, error: Exception) -> InputError:
+    """A chat template that refuses the messages (roles out of order, ...): the caller's 422."""
+    return InputError(
+        f"Input validation error: the chat template of tier {tier!r} rejects these messages: "
+        f"{error}"
+    )
 
 
 def _check_ranges(p: GenerateParameters) -> None:

@@ -19,6 +19,10 @@ from shared.llm import GenerationResult, TokenEvent
 _STRICT = ConfigDict(strict=True, extra="ignore")
 
 
+#: Largest seed: TGI takes a u64, and so does torch.Generator.manual_seed.
+MAX_SEED = 2**64 - 1
+
+
 class Grammar(BaseModel):
     """TGI's grammar parameter."""
 
@@ -51,8 +55,8 @@ class GenerateParameters(BaseModel):
     repetition_penalty: float | None = None
     # In [-2, 2].
     frequency_penalty: float | None = None
-    # Sampling seed.
-    seed: int | None = Field(None, ge=0)
+    # Sampling seed (TGI's u64).
+    seed: int | None = Field(None, ge=0, le=MAX_SEED)
     # Stop sequences (the output keeps the one that matched).
     stop: list[str] = Field(default_factory=list)
     # Prepend the prompt to generated_text.
@@ -244,7 +248,7 @@ class ChatCompletionRequest(BaseModel):
     top_p: float | None = Field(None, gt=0, le=1)
     frequency_penalty: float | None = None
     presence_penalty: float | None = None
-    seed: int | None = Field(None, ge=0)
+    seed: int | None = Field(None, ge=0, le=MAX_SEED)
     stop: str | list[str] | None = None
     stream: bool = False
     stream_options: StreamOptions | None = None

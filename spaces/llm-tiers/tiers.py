@@ -113,6 +113,8 @@ class SpaceConfig(BaseModel):
     memory_budget_gb: float | None = Field(None, gt=0)
     # Where the models run.
     device: Literal["auto", "cpu", "cuda"] = "auto"
+    # Most bytes in a request body; a bigger one is answered 413 before it is read in full.
+    max_request_bytes: int = Field(2 * 1024 * 1024, ge=1024)
 
     @model_validator(mode="before")
     @classmethod
@@ -186,6 +188,7 @@ SETTINGS_ENV = {
     "PRELOAD_TIERS": "preload_tiers",
     "MEMORY_BUDGET_GB": "memory_budget_gb",
     "DEVICE": "device",
+    "MAX_REQUEST_BYTES": "max_request_bytes",
 }
 
 # Fields a TIER_<NAME>_<FIELD> variable may set, and where they go in the tier's config.

@@ -50,6 +50,7 @@ ENV_VARS = {
     "DTYPE": "dtype",
     "SPAM_THRESHOLD": "threshold",
     "DEVICE": "device",
+    "MAX_REQUEST_BYTES": "max_request_bytes",
 }
 
 SETTINGS = load_or_exit(
@@ -91,7 +92,7 @@ demo = build_ui(service, PERSONAS, SETTINGS)
 demo.queue(default_concurrency_limit=16, max_size=512)
 
 app = FastAPI(title=SPACE, docs_url="/docs")
-install_routes(app, service)
+install_routes(app, service, max_body_bytes=SETTINGS.max_request_bytes)
 add_routes(app, service)
 app = mount_gradio(app, demo)
 

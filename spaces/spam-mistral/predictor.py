@@ -122,6 +122,8 @@ class SpamSettings(BaseModel):
     max_chars: int = Field(20_000, ge=1)
     # Most messages in one predict_batch call.
     max_batch: int = Field(64, ge=1)
+    # Most bytes in a request body; a bigger one is answered 413 before it is read in full.
+    max_request_bytes: int = Field(2 * 1024 * 1024, ge=1024)
     # Tokens of a message the prompt keeps.
     max_message_tokens: int = Field(512, ge=8)
     # Most padded tokens per forward pass (length-sorted chunks of a batch).

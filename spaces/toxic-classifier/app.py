@@ -39,6 +39,7 @@ ENV_VARS = {
     "PRECISION": "precision",
     "BATCH_WORKERS": "workers",
     "DEVICE": "device",
+    "MAX_REQUEST_BYTES": "max_request_bytes",
 }
 
 SETTINGS = load_or_exit(
@@ -79,7 +80,7 @@ demo = build_ui(service, model_id=SETTINGS.model_id)
 demo.queue(default_concurrency_limit=16, max_size=512)
 
 app = FastAPI(title="toxic-classifier", docs_url="/docs")
-install_routes(app, service)
+install_routes(app, service, max_body_bytes=SETTINGS.max_request_bytes)
 add_routes(app, service)
 app = mount_gradio(app, demo)
 

@@ -161,6 +161,8 @@ class Settings(BaseModel):
     max_chars: int = Field(20_000, ge=1)
     # Most texts in one predict_batch call.
     max_batch: int = Field(64, ge=1)
+    # Most bytes in a request body; a bigger one is answered 413 before it is read in full.
+    max_request_bytes: int = Field(2 * 1024 * 1024, ge=1024)
     # Precision of the forward pass; int8 on CPU runs the model's int8 ONNX export in ONNX
     # Runtime, and a GPU runs bf16 (or fp32) instead.
     precision: Precision = "fp32"

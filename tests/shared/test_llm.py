@@ -4,6 +4,7 @@ finishing them within the budget), next-token log-probabilities, the registry's 
 from __future__ import annotations
 
 import json
+import math
 import re
 import shutil
 from pathlib import Path
@@ -84,6 +85,19 @@ def test_seed_reproduces_sampling(tiny):
 
     assert run(7) == run(7)
     assert len({run(s) for s in range(4)}) > 1
+
+
+@pytest.mark.parametrize("temperature", [1e-300, 1e-45, 1e-20, 1e300])
+def test_any_positive_temperature_samples_a_finite_logprob(tiny, temperature):
+    """TGI accepts any temperature > 0; 1e-300 once made the probabilities NaN (a 424)."""
+    _, tokenizer, engine = tiny
+    sampling = SamplingOptions(do_sample=True, temperature=temperature, seed=3)
+    result = engine.generate(GenerationRequest(_ids(tokenizer, "hello"), 6, sampling))
+    assert result.generated_tokens >= 1
+    assert all(math.isfinite(t.logprob) for t in result.tokens)
+    if temperature < 1e-10:  # all the mass on the best token: greedy decoding's output
+        greedy = engine.generate(GenerationRequest(_ids(tokenizer, "hello"), 6))
+        assert [t.id for t in result.tokens] == [t.id for t in greedy.tokens]
 
 
 class Person(BaseModel):

@@ -15,6 +15,7 @@ from hypothesis import strategies as st
 from pydantic import BaseModel
 
 from shared.errors import InputError, ModelLoadError
+from shared.errors import Overloaded as QueueFull
 from shared.serving import (
     BatchedPredictor,
     DynamicBatcher,
@@ -534,6 +535,10 @@ def test_gradio_at_the_root_keeps_the_error_contract():
     def api_predict() -> int:
         return 1
 
+    @app.post("/")
+    def root() -> int:  # beside Gradio's GET /, as llm-tiers' TGI route is
+        return 1
+
     router = APIRouter()
 
     @router.post("/tiers/{tier}/generate")
@@ -550,6 +555,7 @@ def test_gradio_at_the_root_keeps_the_error_contract():
         ("post", "/health", "GET"),
         ("get", "/api/predict", "POST"),
         ("get", "/tiers/base/generate", "POST"),  # a route of an included router
+        ("delete", "/", "GET, POST"),  # Gradio's GET and the Space's POST
     ]:
         wrong = getattr(client, method)(path)
         assert (wrong.status_code, wrong.headers["allow"]) == (405, allow)
@@ -595,3 +601,21 @@ def test_the_openapi_document_is_served():
     response = make_app(service).get("/openapi.json")
     assert response.status_code == 200
     assert {"/health", "/stats", "/echo"} <= set(response.json()["paths"])
+
+
+def test_a_full_batcher_queue_answers_overloaded_at_once():
+    fn = _Gated()
+    batcher = DynamicBatcher(fn, max_queued=2)
+    first = fn.hold(batcher, "running")  # taken by the worker: not queued
+    waiting = [threading.Thread(target=batcher.submit, args=(i,)) for i in range(2)]
+    for thread in waiting:
+        thread.start()
+    deadline = time.monotonic() + 5
+    while batcher.queued < 2 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    with pytest.raises(QueueFull, match="2 inputs are queued"):
+        batcher.submit("one too many", timeout=5)
+    fn.gate.set()
+    for thread in [first, *waiting]:
+        thread.join(5)
+    assert batcher.submit("later", timeout=5) == "later"  # the queue drained: accepted again

@@ -365,6 +365,62 @@ def test_bad_input_is_422_with_tgi_body(space, body, needle):
     assert needle in response.json()["error"]
 
 
+# Each of these once answered 500 or 424 (issue 18): now a 422 naming the problem.
+@pytest.mark.parametrize(
+    ("path", "raw", "needle"),
+    [
+        ("/v1/chat/completions",
+         {"model": "base", "messages": [{"role": "system", "content": ""}]}, "nothing to answer"),
+        ("/v1/chat/completions",
+         {"model": "base", "stream": True, "messages": [{"role": "system", "content": None}]},
+         "nothing to answer"),
+        ("/generate", '{"inputs": "\\ud800 hi", "parameters": {"max_new_tokens": 4}}',
+         "lone UTF-16 surrogate"),
+        ("/v1/chat/completions",
+         '{"model": "base", "messages": [{"role": "user", "content": "\\udc00"}]}',
+         "lone UTF-16 surrogate"),
+        ("/generate", '{"inputs": "x", "parameters": {"temperature": NaN}}', "NaN is not"),
+        ("/generate_stream", '{"inputs": "x", "parameters": {"repetition_penalty": NaN}}',
+         "NaN is not"),
+        ("/api/generate", '{"inputs": "x", "parameters": {"seed": 18446744073709551616}}',
+         "less than or equal to 18446744073709551615"),
+        ("/v1/chat/completions",
+         '{"model": "base", "seed": 18446744073709551616, "messages": [{"role": "user", '
+         '"content": "hi"}]}', "less than or equal to 18446744073709551615"),
+    ],
+)  # fmt: skip
+def test_hostile_input_is_422_not_a_server_error(space, path, raw, needle):
+    content = raw.encode() if isinstance(raw, str) else json.dumps(raw).encode()
+    headers = {**AUTH, "content-type": "application/json"}
+    response = space.http.post(path, content=content, headers=headers)
+    assert response.status_code == 422, response.text
+    assert needle in response.json()["error"]
+
+
+def test_extreme_but_valid_parameters_generate(space):
+    """TGI takes any temperature > 0 and any u64 seed; the engine once failed on 1e-300."""
+    for parameters in [{"temperature": 1e-300, "do_sample": True}, {"seed": 2**64 - 1}]:
+        response = post(
+            space, "/generate", {"inputs": "hi", "parameters": {"max_new_tokens": 3, **parameters}}
+        )
+        assert response.status_code == 200, (parameters, response.text)
+
+
+def test_a_huge_prompt_is_refused_by_its_length_and_truncate_still_works(space):
+    """A prompt with more characters than the context can hold tokens is refused before it is
+    tokenized (a 5 MB one took ~7 s to refuse); with ``truncate``, only the tail is read."""
+    long = {"inputs": "a" * 1_500_000, "parameters": {"max_new_tokens": 4}}
+    refused = post(space, "/generate", long)
+    assert refused.status_code == 422
+    assert "1,500,000 characters" in refused.json()["error"]
+    tail = {"inputs": "hello " * 100_000, "parameters": {"max_new_tokens": 2, "truncate": 16}}
+    answered = post(space, "/generate", {**tail, "parameters": {**tail["parameters"],
+                                                                "details": True}})  # fmt: skip
+    assert answered.status_code == 200, answered.text
+    oversized = space.http.post("/generate", json={"inputs": "a" * 3_000_000}, headers=AUTH)
+    assert oversized.status_code == 413  # over the 2 MB body limit: not even parsed
+
+
 def test_tier_cap_and_malformed_json(space):
     capped = post(space, "/tiers/abstraction/generate",
                   {"inputs": "x", "parameters": {"max_new_tokens": 65}})  # fmt: skip
