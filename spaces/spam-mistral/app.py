@@ -6,9 +6,9 @@ to 64 messages) and ``generate_reply`` (a simulated scammer or victim reply, str
 
 Configuration: ``config.yaml`` (and ``personas.yaml``), overridden by ``CLASSIFIER_MODEL_ID``,
 ``CLASSIFIER_REVISION``, ``GENERATOR_MODEL_ID``, ``GENERATOR_REVISION``, ``DTYPE``
-(auto|float32|bfloat16|float16), ``SPAM_THRESHOLD`` and ``DEVICE`` (auto|cpu|cuda); also
-``HF_TOKEN``, ``PORT`` (7860) and ``HOST`` (0.0.0.0). A bad value stops the Space at start with
-one line naming it.
+(auto|float32|bfloat16|float16), ``SPAM_THRESHOLD``, ``DEVICE`` (auto|cpu|cuda) and
+``MAX_REQUEST_BYTES`` (2 MB); also ``HF_TOKEN``, ``PORT`` (7860) and ``HOST`` (0.0.0.0). A bad
+value stops the Space at start with one line naming it.
 """
 
 from __future__ import annotations

@@ -6,9 +6,10 @@ Inference API ``{"inputs": ...}`` shape), ``GET /health`` and ``GET /stats``.
 
 Configuration: ``config.yaml``, overridden by ``MODEL_ID``, ``MODEL_REVISION``,
 ``HARMFUL_THRESHOLD``, ``PRECISION`` (fp32|bf16|int8), ``BATCH_WORKERS`` (batches run at once;
-the cores are split evenly between them) and ``DEVICE`` (auto|cpu|cuda); also ``ONNX_CACHE``
-(where int8 ONNX exports are kept; ``$HF_HOME/onnx`` when unset), ``HF_TOKEN``, ``PORT`` (7860)
-and ``HOST`` (0.0.0.0). A bad value stops the Space at start with one line naming it.
+the cores are split evenly between them), ``DEVICE`` (auto|cpu|cuda) and ``MAX_REQUEST_BYTES``
+(2 MB); also ``ONNX_CACHE`` (where int8 ONNX exports are kept; ``$HF_HOME/onnx`` when unset),
+``HF_TOKEN``, ``PORT`` (7860) and ``HOST`` (0.0.0.0). A bad value stops the Space at start with
+one line naming it.
 """
 
 from __future__ import annotations
