@@ -1,10 +1,12 @@
 #!/usr/bin/env bash
 # Install the system packages the Spaces need, when missing: poppler-utils (PDF pages),
-# ffmpeg (audio decoding), git-lfs (deploying weights). Installs with apt-get when run as root;
+# ffmpeg (audio decoding), git-lfs (deploying weights), espeak-ng and sox (synthetic speech for
+# twi-speech's training and tests). Installs with apt-get when run as root;
 # otherwise prints the exact command to run.
 set -euo pipefail
 
-declare -A needs=([pdftoppm]=poppler-utils [ffmpeg]=ffmpeg [git-lfs]=git-lfs)
+declare -A needs=([pdftoppm]=poppler-utils [ffmpeg]=ffmpeg [git-lfs]=git-lfs [espeak-ng]=espeak-ng
+               [sox]=sox)
 missing=()
 for binary in "${!needs[@]}"; do
   command -v "$binary" >/dev/null 2>&1 || missing+=("${needs[$binary]}")
