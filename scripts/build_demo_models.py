@@ -250,10 +250,110 @@ def build_mistral_tiny(out: Path) -> None:
     _marker(out, "MistralForCausalLM", "random weights: generated text is gibberish")
 
 
+# Twi words for the speech models' vocabularies (twi-speech; its intents.yaml has the commands).
+TWI_TEXT = (
+    "Mesrɛ wo fa me kɔ fie krataafa no so. Hwehwɛ mpaboa ma me. Fa ntoma yi gu kɛntɛn no mu. "
+    "Yi fon no firi kɛntɛn no mu. Tua ka no wɔ MoMo so. Kyerɛ me me order no. San kɔ akyi. "
+    "Boa me. Mentumi ntie wo yiye. San ka bio. Baako mmienu mmiɛnsa nnan nnum nsia nson nwɔtwe."
+)
+
+
+def _twi_tokenizer(specials: list[str], vocab_size: int) -> object:
+    """A byte-level BPE over :data:`TWI_TEXT`, the ``specials`` appended last (in order)."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+
+    bpe = Tokenizer(models.BPE())
+    bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    bpe.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size,
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    bpe.train_from_iterator([TWI_TEXT] * 20, trainer=trainer)
+    bpe.add_special_tokens(specials)
+    return bpe
+
+
+def build_whisper_tiny(out: Path) -> None:
+    """A Whisper encoder-decoder (random weights) with Whisper's special tokens and 8 s windows.
+
+    ``<|notimestamps|>`` is the last token, as faster-whisper expects (it reads every id after
+    it as a timestamp); the vocabulary is not multilingual, so the prompt is
+    ``<|startoftranscript|><|notimestamps|>``.
+    """
+    import torch
+    from transformers import (
+        WhisperConfig,
+        WhisperFeatureExtractor,
+        WhisperForConditionalGeneration,
+        WhisperTokenizerFast,
+    )
+
+    specials = ["<|endoftext|>", "<|startoftranscript|>", "<|translate|>", "<|transcribe|>",
+                "<|startoflm|>", "<|startofprev|>", "<|nospeech|>", "<|notimestamps|>"]  # fmt: skip
+    eot = "<|endoftext|>"
+    tokenizer = WhisperTokenizerFast(
+        tokenizer_object=_twi_tokenizer(specials, 400),
+        bos_token=eot,
+        eos_token=eot,
+        unk_token=eot,
+        pad_token=eot,
+    )
+    ids = {t: tokenizer.convert_tokens_to_ids(t) for t in specials}
+    torch.manual_seed(SEED)
+    config = WhisperConfig(
+        vocab_size=len(tokenizer), num_mel_bins=80, d_model=64, encoder_layers=2,
+        decoder_layers=2, encoder_attention_heads=2, decoder_attention_heads=2,
+        encoder_ffn_dim=128, decoder_ffn_dim=128, max_source_positions=400,
+        max_target_positions=448, pad_token_id=ids[eot], bos_token_id=ids[eot],
+        eos_token_id=ids[eot], decoder_start_token_id=ids["<|startoftranscript|>"],
+        suppress_tokens=[], begin_suppress_tokens=[],
+    )  # fmt: skip
+    model = WhisperForConditionalGeneration(config).eval()
+    model.generation_config.no_timestamps_token_id = ids["<|notimestamps|>"]
+    model.generation_config.is_multilingual = False
+    model.save_pretrained(out, safe_serialization=True)
+    tokenizer.save_pretrained(out)
+    WhisperFeatureExtractor(feature_size=80, chunk_length=8).save_pretrained(out)
+    _marker(out, "WhisperForConditionalGeneration", "random weights: transcripts are gibberish")
+
+
+def build_wav2vec2_ctc_tiny(out: Path) -> None:
+    """A Wav2Vec2ForCTC (random weights) with a character vocabulary of Twi letters."""
+    import torch
+    from transformers import (
+        Wav2Vec2Config,
+        Wav2Vec2CTCTokenizer,
+        Wav2Vec2FeatureExtractor,
+        Wav2Vec2ForCTC,
+        Wav2Vec2Processor,
+    )
+
+    letters = sorted(set(TWI_TEXT.lower()) - {" ", ".", ","})
+    vocab = {"<pad>": 0, "<unk>": 1, "|": 2} | {c: i + 3 for i, c in enumerate(letters)}
+    (out / "vocab.json").write_text(json.dumps(vocab, ensure_ascii=False), encoding="utf-8")
+    tokenizer = Wav2Vec2CTCTokenizer(str(out / "vocab.json"), word_delimiter_token="|")
+    extractor = Wav2Vec2FeatureExtractor(feature_size=1, sampling_rate=16_000, padding_value=0.0,
+                                         do_normalize=True, return_attention_mask=True)  # fmt: skip
+    Wav2Vec2Processor(feature_extractor=extractor, tokenizer=tokenizer).save_pretrained(out)
+    torch.manual_seed(SEED)
+    config = Wav2Vec2Config(
+        vocab_size=len(vocab), hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+        intermediate_size=64, conv_dim=(32, 32), conv_stride=(5, 4), conv_kernel=(10, 8),
+        num_conv_pos_embeddings=16, num_conv_pos_embedding_groups=2, pad_token_id=0,
+        ctc_loss_reduction="mean",
+    )  # fmt: skip
+    Wav2Vec2ForCTC(config).eval().save_pretrained(out, safe_serialization=True)
+    _marker(out, "Wav2Vec2ForCTC", "random weights: transcripts are gibberish")
+
+
 # name -> (builder, the Spaces that use it)
 BUILDERS: dict[str, Callable[[Path], None]] = {
     "arabert-tiny": build_arabert_tiny,
     "mistral-tiny": build_mistral_tiny,
+    "whisper-tiny": build_whisper_tiny,
+    "wav2vec2-ctc-tiny": build_wav2vec2_ctc_tiny,
 }
 
 
@@ -270,6 +370,7 @@ def space_env(root: Path) -> dict[str, dict[str, str]]:
             "TIER_USER_MODEL": mistral,
         },
         "spam-mistral": {"CLASSIFIER_MODEL_ID": mistral, "GENERATOR_MODEL_ID": mistral},
+        "twi-speech": {"MODEL_ID": str(root / "whisper-tiny")},
     }
 
 
