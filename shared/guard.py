@@ -6,10 +6,11 @@ One ASGI middleware in front of every Space (added by ``shared.serving.install_r
   413 before it is read in full: at once when ``Content-Length`` says so, else as soon as the
   received bytes pass the limit. Gradio's file upload route is left to Gradio's own
   ``max_file_size``.
-- **Strict JSON.** Python's ``json`` accepts ``NaN``, ``Infinity`` and lone surrogates
-  (``"\\ud800"``), which no JSON peer writes and which reach a model as NaN temperatures or
-  strings a tokenizer cannot encode; such bodies are answered 422 here, for every route,
-  Gradio's included. Nesting too deep to parse is 422 too.
+- **Strict JSON.** Python's ``json`` accepts ``NaN``, ``Infinity``, ``1e999`` (as infinity),
+  lone surrogates (``"\\ud800"``, or encoded in UTF-8) and UTF-16 bodies, which no JSON peer
+  writes and which reach a model as NaN temperatures or strings a tokenizer cannot encode;
+  such bodies are answered 422 here, for every route, Gradio's included. Nesting too deep to
+  parse is 422 too.
 - **In-flight requests.** At most ``max_concurrent`` REST calls (TGI's
   ``max_concurrent_requests``) run at once; one more is answered 429 ``overloaded`` with
   ``Retry-After`` at once, instead of waiting unseen for a worker thread until the caller times
@@ -24,6 +25,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import re
 from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
@@ -82,15 +84,32 @@ def _lone_surrogate(value: Any) -> str | None:
     return None
 
 
+def _finite_float(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):  # 1e999 parses as inf
+        raise BodyRejected(
+            422, "validation", f"{text[:40]} is out of range for a number; send a finite one"
+        )
+    return value
+
+
 def check_json(body: bytes) -> None:
     """Refuse what Python's parser accepts and JSON does not.
 
     Raises:
-        BodyRejected: 422 for NaN/Infinity, a lone surrogate, or nesting too deep to parse.
-            A body that is not JSON at all passes: the route's own parser answers it.
+        BodyRejected: 422 for a body that is not UTF-8 (Python would decode surrogates encoded
+            in UTF-8, or guess UTF-16), NaN/Infinity or a number that overflows to infinity, a
+            lone surrogate, or nesting too deep to parse. A body that is not JSON at all passes:
+            the route's own parser answers it.
     """
     try:
-        value = json.loads(body, parse_constant=_reject_constant)
+        text = body.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise BodyRejected(
+            422, "validation", f"the body is not valid UTF-8 (byte {e.start}); JSON is UTF-8"
+        ) from None
+    try:
+        value = json.loads(text, parse_constant=_reject_constant, parse_float=_finite_float)
     except RecursionError:
         raise BodyRejected(422, "validation", "the JSON body is nested too deeply") from None
     except ValueError:  # not JSON (or not UTF-8): left to the route, which answers 422

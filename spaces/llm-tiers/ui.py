@@ -154,11 +154,16 @@ def build_ui(generator: TierGenerator, service: Service[Any], *, self_url: str) 
         }
         if revision and revision.strip():
             body["revision"] = revision.strip()
-        headers = {"Authorization": f"Bearer {token.strip()}"} if token and token.strip() else {}
+        if not target.startswith(("http://", "https://")):
+            raise InputError(f"the URL must start with http:// or https://, not {url!r}")
+        token = (token or "").strip()
+        if not token.isascii() or not token.isprintable():
+            raise InputError("the token must be printable ASCII (an HTTP header carries it)")
+        headers = {"Authorization": f"Bearer {token}"} if token else {}
         start = time.perf_counter()
         try:
             response = httpx.post(target, json=body, headers=headers, timeout=120)
-        except httpx.HTTPError as e:
+        except (httpx.HTTPError, httpx.InvalidURL, UnicodeError) as e:
             return f"❌ {target}: cannot connect ({type(e).__name__}: {e})"
         ms = (time.perf_counter() - start) * 1000
         if response.status_code != 200:

@@ -90,6 +90,7 @@ def test_a_body_over_the_limit_is_413_whether_declared_or_streamed():
         ('{"text": "\\ud800 hi"}', "lone UTF-16 surrogate"),
         ('{"text": "hi", "\\udfff": 1}', "lone UTF-16 surrogate"),
         ("[" * 100_000 + "]" * 100_000, "nested too deeply"),
+        ('{"text": "hi", "temperature": 1e999}', "out of range"),
     ],
 )
 def test_what_python_parses_and_json_forbids_is_422(body, says):
@@ -113,10 +114,22 @@ def test_a_surrogate_pair_and_other_bodies_pass_to_the_route():
         "/echo", content=b'{"text": "hi', headers={"content-type": "application/json"}
     )
     assert truncated.status_code == 422  # FastAPI's own answer to a body that is not JSON
-    invalid_utf8 = client.post(
-        "/echo", content=b'{"text": "\xff\xfe"}', headers={"content-type": "application/json"}
-    )
-    assert invalid_utf8.status_code in (400, 422)
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        b'{"text": "\xff\xfe"}',  # not UTF-8
+        b'{"text": "\xed\xa0\x80"}',  # a surrogate encoded in UTF-8, which Python would decode
+        '{"text": "hi"}'.encode("utf-16"),  # Python's json would guess UTF-16
+    ],
+)
+def test_a_body_that_is_not_utf8_is_422(body):
+    app, _ = make_app()
+    response = TestClient(app).post("/echo", content=body,
+                                    headers={"content-type": "application/json"})  # fmt: skip
+    assert response.status_code == 422
+    assert "not valid UTF-8" in response.json()["error"]
 
 
 finite = st.recursive(

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import httpx
 import pytest
+from gradio_client.exceptions import AppError
 from huggingface_hub import InferenceClient
 from huggingface_hub.errors import ValidationError
 from openai import AuthenticationError, NotFoundError, OpenAI
@@ -530,3 +531,12 @@ def test_gradio_variations_and_connection_test(space):
     denied = space.client.predict(space.url, "/api/generate", "wrong", "", "company",
                                   api_name="/test_connection")  # fmt: skip
     assert denied.startswith("❌") and "401" in denied
+    # Once internal errors (InvalidURL, UnicodeEncodeError), found by tests/test_reliability.py:
+    for url, token, needle in [("ftp://x", "", "http:// or https://"),
+                               (space.url, "clé", "printable ASCII")]:  # fmt: skip
+        with pytest.raises(AppError, match=needle):
+            space.client.predict(url, "/api/generate", token, "", "company",
+                                 api_name="/test_connection")  # fmt: skip
+    unreachable = space.client.predict("http://\U0001385b", "", "", "", "company",
+                                       api_name="/test_connection")  # fmt: skip
+    assert unreachable.startswith("❌")
