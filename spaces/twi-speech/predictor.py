@@ -79,6 +79,9 @@ class TwiSettings(BaseModel):
     max_seconds: float = Field(30.0, gt=0, le=600)
     # Largest accepted upload, in bytes.
     max_bytes: int = Field(25 * 2**20, ge=1024)
+    # Most bytes in a REST request body (all the files of a /batch-intent together); a bigger
+    # one is answered 413 before it is read.
+    max_request_bytes: int = Field(30 * 2**20, ge=1024)
     # Most files in one /batch-intent call.
     max_batch: int = Field(16, ge=1)
     # Results kept in the cache of repeated audio (content hash).
