@@ -98,7 +98,7 @@ def synthesize(
     if cache.exists():
         data = np.load(cache, allow_pickle=False)
         meta = json.loads(str(data["meta"]))
-        if meta["utterances"] == utterances:
+        if [tuple(u) for u in meta["utterances"]] == [tuple(u) for u in utterances]:
             return {"mel": data["mel"], **meta}
     rng = random.Random(seed)
     jobs = []
