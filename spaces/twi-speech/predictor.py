@@ -73,6 +73,9 @@ class TwiSettings(BaseModel):
     device: Literal["auto", "cpu", "cuda"] = "auto"
     # Beam size of the Whisper decoder (1: greedy).
     beam_size: int = Field(1, ge=1, le=8)
+    # Most tokens the Whisper decoder writes per clip: a command is a short sentence, and a
+    # budget stops a model that loops on noise.
+    max_new_tokens: int = Field(64, ge=1, le=440)
     # A clip whose no-speech probability is above this, with no confident text, is silence.
     no_speech_threshold: float = Field(0.6, ge=0, le=1)
     # Longest accepted audio, in seconds.
@@ -496,7 +499,7 @@ class _WhisperRecognizer(_Recognizer):
                                               to_cpu=True)  # fmt: skip
             results = self.model.model.generate(
                 encoded, [prompt] * len(clips), beam_size=self.settings.beam_size,
-                max_length=self.model.max_length // 2, return_scores=True,
+                max_length=len(prompt) + self.settings.max_new_tokens, return_scores=True,
                 return_no_speech_prob=True, suppress_blank=True, suppress_tokens=[-1],
             )  # fmt: skip
         logits = head.logits(np.asarray(encoded)) if head is not None else None
