@@ -7,7 +7,8 @@ UV := build/tools/bin/uv
 UV_VERSION := 0.13.9
 DEMO_MODELS := build/demo-models
 
-.PHONY: setup system demo test lint format bench bench-toxic bench-llm bench-spam eval-toxic eval-spam deploy clean
+.PHONY: setup system demo test lint format bench bench-toxic bench-llm bench-spam bench-twi fuzz soak \
+	eval-toxic eval-spam eval-twi train-twi deploy clean
 
 setup: $(VENV)/.synced system $(DEMO_MODELS)/env.json
 
@@ -46,6 +47,15 @@ eval-toxic: setup
 eval-spam: setup
 	cd spaces/spam-mistral && ../../$(PY) evaluate.py data/eval.jsonl $(EVAL_ARGS)
 
+# The held-out-voice synthetic set (espeak-ng voices no model here trained on), then its report.
+eval-twi: setup
+	cd spaces/twi-speech && ../../$(PY) evaluate.py --synthetic ../../build/twi-speech/eval $(EVAL_ARGS)
+
+# Retrain twi-speech's text intent classifier and its demo multi-task Whisper (synthetic speech).
+train-twi: setup
+	$(PY) spaces/twi-speech/training/train_text_intents.py
+	$(PY) spaces/twi-speech/training/train_multitask.py $(TRAIN_ARGS)
+
 bench-toxic: setup
 	$(PY) -m benchmarks.toxic_classifier.bench $(BENCH_ARGS)
 
@@ -55,7 +65,18 @@ bench-llm: setup
 bench-spam: setup
 	$(PY) -m benchmarks.spam_mistral.bench $(BENCH_ARGS)
 
-bench: bench-toxic bench-llm bench-spam
+bench-twi: setup
+	$(PY) -m benchmarks.twi_speech.bench --write $(BENCH_ARGS)
+
+bench: bench-toxic bench-llm bench-spam bench-twi
+
+# Reliability on every Space (benchmarks/reliability/run.py): make fuzz [FUZZ_ARGS="--space NAME
+# --examples 50"], make soak [SOAK_ARGS="--duration 30"]; both write benchmarks/results/reliability.md.
+fuzz: setup
+	$(PY) -m benchmarks.reliability.run fuzz $(FUZZ_ARGS)
+
+soak: setup
+	$(PY) -m benchmarks.reliability.run soak $(SOAK_ARGS)
 
 # make deploy SPACE=toxic-classifier [DEPLOY_ARGS=--dry-run]
 deploy: $(VENV)/.synced system

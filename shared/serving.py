@@ -727,13 +727,15 @@ def install_routes(
 
     # response_model=None: the return annotation is a string here (postponed annotations) that
     # names a local import, which FastAPI cannot resolve when it builds /openapi.json.
+    # Both answer on the event loop (they only read counters): as sync routes they waited for a
+    # worker thread, and a soak on a loaded machine saw /health take 5 s behind busy handlers.
     @app.get("/health", tags=["service"], response_model=None)
-    def health() -> JSONResponse:
+    async def health() -> JSONResponse:
         code, body = service.health()
         return JSONResponse(body, status_code=code)
 
     @app.get("/stats", tags=["service"])
-    def stats() -> dict[str, Any]:
+    async def stats() -> dict[str, Any]:
         return service.stats_body()
 
     async def known_error(_: Request, exc: Exception) -> JSONResponse:
