@@ -73,3 +73,96 @@ def machine() -> dict[str, str]:
     except OSError:
         pass
     return {"cpu": cpu, "cores": str(len(os.sched_getaffinity(0))), "torch": torch.__version__}
+
+
+#: Shapes of the real Whisper checkpoints (openai/whisper-<size>): d_model, layers per stack,
+#: attention heads. The feed-forward width is 4 * d_model.
+WHISPER_SIZES = {"tiny": (384, 4, 6), "base": (512, 6, 8), "small": (768, 12, 12)}
+#: Whisper's multilingual vocabulary size (openai/whisper-tiny ... large-v2).
+WHISPER_VOCAB = 51865
+
+
+def build_random_whisper(folder: Path, *, size: str = "tiny", never_ends: bool = False) -> int:
+    """Write a random multilingual Whisper of a real size into ``folder``, like a Hub checkpoint.
+
+    ``config.json``, ``model.safetensors``, ``tokenizer.json`` (a byte-level BPE over Twi text
+    padded with filler entries to Whisper's 51,865 ids, then Whisper's special tokens, 100
+    language tokens among them, with ``<|notimestamps|>`` last: faster-whisper reads every id
+    after it as a timestamp; CTranslate2 and faster-whisper see a multilingual model) and
+    ``preprocessor_config.json`` (80 mels, 30 s windows, so the encoder sees 1,500 positions, as
+    the real model does).
+
+    Args:
+        folder: Where to write the model (created if needed).
+        size: ``tiny`` (d_model 384, 4+4 layers), ``base`` (512, 6+6) or ``small`` (768, 12+12).
+        never_ends: Zero the ``<|endoftext|>`` embedding (tied to the output projection), so its
+            logit is 0 while the best of 51k random logits is positive: greedy decoding never
+            stops early and every engine spends its whole token budget.
+
+    Returns:
+        The parameter count.
+    """
+    import torch
+    from faster_whisper.tokenizer import _LANGUAGE_CODES
+    from tokenizers import Tokenizer
+    from transformers import (
+        WhisperConfig,
+        WhisperFeatureExtractor,
+        WhisperForConditionalGeneration,
+        WhisperTokenizerFast,
+    )
+
+    from scripts.build_demo_models import _twi_tokenizer
+
+    if size not in WHISPER_SIZES:
+        raise ValueError(f"size must be one of {sorted(WHISPER_SIZES)}, got {size!r}")
+    d_model, layers, heads = WHISPER_SIZES[size]
+    languages = [f"<|{code}|>" for code in _LANGUAGE_CODES]
+    tail = ["<|translate|>", "<|transcribe|>", "<|startoflm|>", "<|startofprev|>",
+            "<|nospeech|>", "<|notimestamps|>"]  # fmt: skip
+    specials = ["<|endoftext|>", "<|startoftranscript|>", *languages, *tail]
+    # Filler vocabulary entries (no merge produces them) pad the BPE to Whisper's id space.
+    spec = json.loads(_twi_tokenizer([], 400).to_str())  # type: ignore[attr-defined]
+    vocab = spec["model"]["vocab"]
+    for i in range(len(vocab), WHISPER_VOCAB - len(specials) - 1):
+        vocab[f"<filler{i}>"] = i
+    # An empty entry, as the multilingual Whisper vocabulary has: CTranslate2 4.8 tells a
+    # multilingual model by it (without it this vocabulary converts as English-only).
+    vocab[""] = len(vocab)
+    bpe = Tokenizer.from_str(json.dumps(spec))
+    bpe.add_special_tokens(specials)
+    eot = "<|endoftext|>"
+    tokenizer = WhisperTokenizerFast(tokenizer_object=bpe, bos_token=eot, eos_token=eot,
+                                     unk_token=eot, pad_token=eot)  # fmt: skip
+    ids = {t: tokenizer.convert_tokens_to_ids(t) for t in specials}
+    if len(tokenizer) != WHISPER_VOCAB or ids["<|notimestamps|>"] != WHISPER_VOCAB - 1:
+        last = ids["<|notimestamps|>"]
+        raise RuntimeError(
+            f"tokenizer has {len(tokenizer)} ids, <|notimestamps|> at {last}; "
+            f"expected {WHISPER_VOCAB} and the last"
+        )
+    config = WhisperConfig(
+        vocab_size=WHISPER_VOCAB, num_mel_bins=80, d_model=d_model, encoder_layers=layers,
+        decoder_layers=layers, encoder_attention_heads=heads, decoder_attention_heads=heads,
+        encoder_ffn_dim=4 * d_model, decoder_ffn_dim=4 * d_model, max_source_positions=1500,
+        max_target_positions=448, pad_token_id=ids[eot], bos_token_id=ids[eot],
+        eos_token_id=ids[eot], decoder_start_token_id=ids["<|startoftranscript|>"],
+        suppress_tokens=[], begin_suppress_tokens=[],
+    )  # fmt: skip
+    torch.manual_seed(0)
+    model = WhisperForConditionalGeneration(config).eval()
+    if never_ends:
+        with torch.no_grad():
+            model.model.decoder.embed_tokens.weight[ids[eot]] = 0.0
+    generation = model.generation_config
+    generation.no_timestamps_token_id = ids["<|notimestamps|>"]
+    generation.is_multilingual = True
+    generation.lang_to_id = {t: ids[t] for t in languages}
+    generation.task_to_id = {"transcribe": ids["<|transcribe|>"],
+                             "translate": ids["<|translate|>"]}  # fmt: skip
+    folder.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(folder, safe_serialization=True)
+    tokenizer.save_pretrained(folder)
+    WhisperFeatureExtractor(feature_size=80, chunk_length=30).save_pretrained(folder)
+    (folder / "demo_weights.json").write_text(json.dumps({"demo": True, "note": "benchmark"}))
+    return sum(p.numel() for p in model.parameters())

@@ -477,10 +477,24 @@ class _WhisperRecognizer(_Recognizer):
         from faster_whisper.tokenizer import Tokenizer
 
         multilingual = self.model.model.is_multilingual
-        language = settings.language if multilingual else None
-        self.tokenizer = Tokenizer(
-            self.model.hf_tokenizer, multilingual, task="transcribe", language=language
-        )
+        vocab = self.model.hf_tokenizer
+        # faster-whisper's Tokenizer wants a language for a multilingual model; it is used here
+        # to decode only, and the prompt is built below, without a language token when none is
+        # configured (Whisper has no Twi token: a fine-tune reuses one, or none).
+        decode_language = "en" if multilingual else None  # any: it does not change decoding
+        self.tokenizer = Tokenizer(vocab, multilingual, task="transcribe", language=decode_language)
+        self.prompt = [vocab.token_to_id("<|startoftranscript|>")]
+        if multilingual:
+            if settings.language:
+                language_id = vocab.token_to_id(f"<|{settings.language}|>")
+                if language_id is None:
+                    raise ModelLoadError(
+                        f"language {settings.language!r} has no <|{settings.language}|> token in "
+                        f"{folder.name}'s vocabulary: set LANGUAGE to one it has, or leave it empty"
+                    )
+                self.prompt.append(language_id)
+            self.prompt.append(vocab.token_to_id("<|transcribe|>"))
+        self.prompt.append(self.tokenizer.no_timestamps)
 
     def read(self, clips: list[np.ndarray], head: IntentHead | None) -> list[_Heard]:
         import ctranslate2
@@ -493,7 +507,7 @@ class _WhisperRecognizer(_Recognizer):
             mel = mel[:, :frames]
             feats.append(np.pad(mel, ((0, 0), (0, frames - mel.shape[1]))))
         features = np.stack(feats).astype(np.float32)  # (batch, n_mels, frames)
-        prompt = [*self.tokenizer.sot_sequence, self.tokenizer.no_timestamps]
+        prompt = self.prompt
         with self._lock:  # one CTranslate2 call at a time: it uses every thread it was given
             encoded = self.model.model.encode(ctranslate2.StorageView.from_array(features),
                                               to_cpu=True)  # fmt: skip

@@ -8,6 +8,7 @@ multi-task kind, the plain one with an intent head added here; the clips are syn
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import subprocess
 from pathlib import Path
@@ -169,3 +170,31 @@ def test_every_container_is_decoded(codec, models, clips, tmp_path):
     predictor = load(models["single"], tmp_path)
     prepared = predictor.preprocess(AudioInput(target.read_bytes(), target.name))
     assert prepared.has_speech and 2.0 < prepared.seconds < 3.5  # stereo 44.1/48 kHz -> 16k mono
+
+
+@pytest.fixture(scope="module")
+def multilingual(tmp_path_factory) -> Path:
+    """A random Whisper with the multilingual vocabulary (openai/whisper-small's kind)."""
+    from benchmarks.models import build_random_whisper
+
+    folder = tmp_path_factory.mktemp("multilingual")
+    build_random_whisper(folder, size="tiny")
+    return folder
+
+
+def test_a_multilingual_whisper_runs_with_no_language_or_a_configured_one(multilingual, clips,
+                                                                         tmp_path):  # fmt: skip
+    """The production default (a multilingual Whisper, no language) once failed to load:
+    faster-whisper's tokenizer wants a language. Without one the prompt has no language token;
+    with one it has that language's token."""
+    plain = load(multilingual, tmp_path)
+    vocab = plain.recognizer.model.hf_tokenizer
+    ids = [vocab.token_to_id(t) for t in ("<|startoftranscript|>", "<|transcribe|>",
+                                          "<|notimestamps|>")]  # fmt: skip
+    assert plain.recognizer.prompt == ids
+    (speech,) = run(plain, AudioInput(clips["speech"]))
+    assert speech["whisper_info"]["language"] is None and not speech["no_speech"]
+    yoruba = load(multilingual, tmp_path, language="yo")
+    assert yoruba.recognizer.prompt == [ids[0], vocab.token_to_id("<|yo|>"), *ids[1:]]
+    with pytest.raises(ModelLoadError, match=re.escape("no <|tw|> token")):
+        load(multilingual, tmp_path, language="tw")

@@ -1,0 +1,1 @@
+"""twi-speech against faster-whisper and a transformers baseline (``bench.py``)."""
