@@ -276,7 +276,7 @@ class SpeechPredictor:
                 warnings.append(warning)
         choice = select_device(settings.device)
         if model_type == "ctc":
-            recognizer: _Recognizer = _CTCRecognizer(folder, settings, threads)
+            recognizer: _Recognizer = _CTCRecognizer(folder, settings)
             precision = "fp32"
         else:
             recognizer = _WhisperRecognizer(
@@ -530,13 +530,12 @@ class _WhisperRecognizer(_Recognizer):
 
 
 class _CTCRecognizer(_Recognizer):
-    """A CTC model (wav2vec2, MMS) in transformers, greedy decoding."""
+    """A CTC model (wav2vec2, MMS) in transformers, greedy decoding. It runs on torch's
+    process-wide thread pool (its size is the edge's to set, not a library's)."""
 
-    def __init__(self, folder: Path, settings: TwiSettings, threads: int) -> None:
-        import torch
+    def __init__(self, folder: Path, settings: TwiSettings) -> None:
         from transformers import AutoModelForCTC, AutoProcessor
 
-        self.torch = torch
         self.processor = AutoProcessor.from_pretrained(folder)
         self.model = AutoModelForCTC.from_pretrained(folder).eval()
         adapters = getattr(self.model.config, "adapter_attn_dim", None)
@@ -549,10 +548,10 @@ class _CTCRecognizer(_Recognizer):
                     f"{folder.name} has no adapter for target_lang {settings.target_lang!r}: {e}"
                 ) from e
         self.size = f"{sum(p.numel() for p in self.model.parameters()) / 1e6:.0f}M"
-        self.threads = threads
 
     def read(self, clips: list[np.ndarray], head: IntentHead | None) -> list[_Heard]:
-        torch = self.torch
+        import torch
+
         inputs = self.processor(clips, sampling_rate=SAMPLE_RATE, return_tensors="pt",
                                 padding=True)  # fmt: skip
         with torch.inference_mode():
