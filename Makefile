@@ -7,8 +7,9 @@ UV := build/tools/bin/uv
 UV_VERSION := 0.13.9
 DEMO_MODELS := build/demo-models
 
-.PHONY: setup system demo test lint format bench bench-toxic bench-llm bench-spam bench-twi fuzz soak \
-	eval-toxic eval-spam eval-twi train-twi deploy clean
+.PHONY: setup system demo test lint format bench bench-toxic bench-llm bench-spam bench-twi \
+	bench-answer-sheet fuzz soak eval-toxic eval-spam eval-twi eval-answer-sheet train-twi \
+	train-answer-sheet deploy clean
 
 setup: $(VENV)/.synced system $(DEMO_MODELS)/env.json
 
@@ -56,6 +57,19 @@ train-twi: setup
 	$(PY) spaces/twi-speech/training/train_text_intents.py
 	$(PY) spaces/twi-speech/training/train_multitask.py $(TRAIN_ARGS)
 
+# answer-sheet-ml: retrain the shipped reader and detector on synthetic sheets (about an hour
+# on 2 cores; data and checkpoints in build/answer-sheet/); make eval-answer-sheet measures them
+# on new sheets of the training styles and of the held-out styles.
+train-answer-sheet: setup
+	$(PY) spaces/answer-sheet-ml/training/train_reader.py $(READER_ARGS)
+	$(PY) spaces/answer-sheet-ml/training/train_detector.py $(DETECTOR_ARGS)
+
+eval-answer-sheet: setup
+	cd spaces/answer-sheet-ml && ../../$(PY) evaluate.py --synthetic train --synthetic heldout $(EVAL_ARGS)
+
+bench-answer-sheet: setup
+	$(PY) -m benchmarks.answer_sheet.bench --write $(BENCH_ARGS)
+
 bench-toxic: setup
 	$(PY) -m benchmarks.toxic_classifier.bench $(BENCH_ARGS)
 
@@ -68,7 +82,7 @@ bench-spam: setup
 bench-twi: setup
 	$(PY) -m benchmarks.twi_speech.bench --write $(BENCH_ARGS)
 
-bench: bench-toxic bench-llm bench-spam bench-twi
+bench: bench-toxic bench-llm bench-spam bench-twi bench-answer-sheet
 
 # Reliability on every Space (benchmarks/reliability/run.py): make fuzz [FUZZ_ARGS="--space NAME
 # --examples 50"], make soak [SOAK_ARGS="--duration 30"]; both write benchmarks/results/reliability.md.

@@ -36,7 +36,9 @@ import yaml
 
 from shared.models import is_lfs_pointer
 
-# The patterns of the .gitattributes the Hub writes into every new Space/model repo (plus gguf).
+# The patterns of the .gitattributes the Hub writes into every new Space/model repo, plus gguf
+# and the images and PDFs a Space ships as examples (the Hub refuses binary files pushed
+# without LFS).
 LFS_PATTERNS = (
     "*.7z",
     "*.arrow",
@@ -47,6 +49,8 @@ LFS_PATTERNS = (
     "*.gguf",
     "*.gz",
     "*.h5",
+    "*.jpeg",
+    "*.jpg",
     "*.joblib",
     "*.lfs.*",
     "*.mlmodel",
@@ -58,8 +62,10 @@ LFS_PATTERNS = (
     "*.ot",
     "*.parquet",
     "*.pb",
+    "*.pdf",
     "*.pickle",
     "*.pkl",
+    "*.png",
     "*.pt",
     "*.pth",
     "*.rar",
@@ -68,8 +74,11 @@ LFS_PATTERNS = (
     "*.tar.*",
     "*.tar",
     "*.tflite",
+    "*.tif",
+    "*.tiff",
     "*.tgz",
     "*.wasm",
+    "*.webp",
     "*.xz",
     "*.zip",
     "*.zst",

@@ -82,6 +82,7 @@ def load_pages(
     source: bytes | str | os.PathLike[str],
     *,
     limits: DocumentLimits = DocumentLimits(),
+    first: int | None = None,
 ) -> list[Image.Image]:
     """Render a PDF, or decode an image, into one RGB image per page.
 
@@ -91,6 +92,8 @@ def load_pages(
             first frame of an animated PNG or WebP).
         limits: page, pixel, size and time limits. PDF pages render at ``limits.dpi``, or at
             the highest DPI down to 72 that keeps the page within ``limits.max_pixels``.
+        first: Render (or decode) only the first ``first`` pages; the whole document is still
+            checked against the limits. None: every page.
 
     Returns:
         The pages in order, as ``RGB`` images (transparency is flattened onto white, and JPEG
@@ -105,9 +108,11 @@ def load_pages(
     kind = _sniff(data)
     if kind is None:
         raise DocumentInputError(_UNSUPPORTED)
+    if first is not None and first < 1:
+        raise ValueError(f"first must be at least 1, got {first}")
     if kind == "pdf":
-        return _load_pdf(data, limits)
-    return _load_image(data, kind, limits)
+        return _load_pdf(data, limits, first)
+    return _load_image(data, kind, limits, first)
 
 
 def page_count(
@@ -201,7 +206,7 @@ def _sniff(data: bytes) -> str | None:
 # --- PDF ---------------------------------------------------------------------------------------
 
 
-def _load_pdf(data: bytes, limits: DocumentLimits) -> list[Image.Image]:
+def _load_pdf(data: bytes, limits: DocumentLimits, first: int | None) -> list[Image.Image]:
     sizes = _pdf_page_sizes(data)
     if len(sizes) > limits.max_pages:
         raise DocumentInputError(
@@ -222,7 +227,7 @@ def _load_pdf(data: bytes, limits: DocumentLimits) -> list[Image.Image]:
                 "rendering PDF page %d at %d dpi to stay within the pixel limit", number, dpi
             )
         dpis.append(dpi)
-    return _render_pdf(data, dpis, limits)
+    return _render_pdf(data, dpis[:first], limits)
 
 
 def _pdf_page_sizes(data: bytes) -> list[tuple[float, float]]:
@@ -323,7 +328,9 @@ def _render_pdf(data: bytes, dpis: list[int], limits: DocumentLimits) -> list[Im
 # --- Images ------------------------------------------------------------------------------------
 
 
-def _load_image(data: bytes, kind: str, limits: DocumentLimits) -> list[Image.Image]:
+def _load_image(
+    data: bytes, kind: str, limits: DocumentLimits, first: int | None
+) -> list[Image.Image]:
     try:
         with Image.open(io.BytesIO(data), formats=_PILLOW_FORMATS[kind]) as image:
             # Only TIFF pages are document pages; other frames are animation.
@@ -334,7 +341,7 @@ def _load_image(data: bytes, kind: str, limits: DocumentLimits) -> list[Image.Im
                     "upload only the pages you need"
                 )
             pages = []
-            for index in range(n_pages):
+            for index in range(min(n_pages, first or n_pages)):
                 image.seek(index)
                 width, height = image.size  # declared in the header: nothing decoded yet
                 if width * height > limits.max_pixels:
