@@ -334,25 +334,44 @@ class Detector:
 
     def detect(self, image: np.ndarray, min_confidence: float) -> dict[str, Detection]:
         """The best box of each field scoring at least ``min_confidence``."""
+        return {name: c[0] for name, c in self.candidates(image, min_confidence, 1).items()}
+
+    def candidates(
+        self, image: np.ndarray, min_confidence: float, k: int = 3
+    ) -> dict[str, list[Detection]]:
+        """Up to ``k`` boxes of each field scoring at least ``min_confidence``, best first,
+        none overlapping a better one (IoU over 0.5)."""
         tensor, scale, (px, py) = self.preprocess(image)
         out = self.session.run(None, {self.input: tensor})[0][0]  # (4 + classes, anchors)
-        found = {}
+        h, w = image.shape[:2]
+        found: dict[str, list[Detection]] = {}
         for name, cls in self.classes.items():
             scores = out[4 + cls]
-            best = int(scores.argmax())
-            if scores[best] < min_confidence:
-                continue
-            cx, cy, bw, bh = out[:4, best]
-            box = (
-                (cx - bw / 2 - px) / scale,
-                (cy - bh / 2 - py) / scale,
-                (cx + bw / 2 - px) / scale,
-                (cy + bh / 2 - py) / scale,
-            )
-            h, w = image.shape[:2]
-            box = (max(0.0, box[0]), max(0.0, box[1]), min(float(w), box[2]), min(float(h), box[3]))
-            found[name] = Detection(name, float(scores[best]), tuple(float(v) for v in box))
+            picked: list[Detection] = []
+            for i in np.argsort(-scores)[: 50 * k]:
+                if scores[i] < min_confidence or len(picked) == k:
+                    break
+                cx, cy, bw, bh = out[:4, i]
+                box = (
+                    max(0.0, float((cx - bw / 2 - px) / scale)),
+                    max(0.0, float((cy - bh / 2 - py) / scale)),
+                    min(float(w), float((cx + bw / 2 - px) / scale)),
+                    min(float(h), float((cy + bh / 2 - py) / scale)),
+                )
+                if all(box_iou(box, d.box) <= 0.5 for d in picked):
+                    picked.append(Detection(name, float(scores[i]), box))
+            if picked:
+                found[name] = picked
         return found
+
+
+def box_iou(a: Sequence[float], b: Sequence[float]) -> float:
+    """Intersection over union of two (x0, y0, x1, y1) boxes."""
+    iw = max(0.0, min(a[2], b[2]) - max(a[0], b[0]))
+    ih = max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
+    inter = iw * ih
+    union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter
+    return inter / union if union > 0 else 0.0
 
 
 # --- reader ------------------------------------------------------------------------------------
@@ -681,9 +700,9 @@ class SheetReader:
             models={k: v.to_json() for k, v in self.files.items()},
         )
 
-    def orient(self, rgb: np.ndarray) -> tuple[np.ndarray, int, float, dict[str, Detection]]:
-        """Deskew, then choose the quarter turn whose detections score best; returns the
-        corrected page, the quarter turn, the deskew angle and the detections on it."""
+    def orient(self, rgb: np.ndarray) -> tuple[np.ndarray, int, float, dict[str, list[Detection]]]:
+        """Deskew, then choose the quarter turn whose best detections score best; returns the
+        corrected page, the quarter turn, the deskew angle and the candidate boxes on it."""
         gray = cv2.cvtColor(rgb, cv2.COLOR_RGB2GRAY)
         angle = estimate_skew(gray, self.settings.max_skew)
         straight = rotate(rgb, -angle)
@@ -692,18 +711,18 @@ class SheetReader:
         # other; the other two turns are tried only when neither finds both fields (a photo
         # with a wide margin around the sheet).
         likely, unlikely = ((90, 270), (0, 180)) if w > h else ((0, 180), (90, 270))
-        best: tuple[float, np.ndarray, int, dict[str, Detection]] | None = None
+        best: tuple[float, np.ndarray, int, dict[str, list[Detection]]] | None = None
         for turn in (*likely, *unlikely):
             if turn == unlikely[0] and best is not None and len(best[3]) == len(FIELDS):
                 break
             page = quarter_turn(straight, turn)
-            found = self.detector.detect(page, self.settings.detector_confidence)
-            score = sum(d.confidence for d in found.values())
+            found = self.detector.candidates(page, self.settings.detector_confidence)
+            score = sum(c[0].confidence for c in found.values())
             if best is None or score > best[0]:
                 best = (score, page, turn, found)
             if (
                 len(found) == len(FIELDS)
-                and min(d.confidence for d in found.values())
+                and min(c[0].confidence for c in found.values())
                 >= self.settings.orientation_confidence
             ):
                 break
@@ -712,36 +731,35 @@ class SheetReader:
         return page, turn, -angle, found
 
     def read_page(self, rgb: np.ndarray, number: int, rules: Mapping[str, FieldRule]) -> PageResult:
-        """Orient, detect, read and validate the fields of one page."""
-        page, turn, deskew, found = self.orient(rgb)
+        """Orient, detect, read and validate the fields of one page.
+
+        Each field is read from its best box; when that reading breaks the field's rule, the
+        field's next boxes are read too, and the first one whose reading follows the rule (and
+        is not the other field's box) is taken: the detector sometimes scores a date or seat
+        number row above the field, and the rule tells them apart where the few-pixel labels
+        cannot.
+        """
+        page, turn, deskew, candidates = self.orient(rgb)
         gray = cv2.cvtColor(page, cv2.COLOR_RGB2GRAY)
-        crops, names = [], []
-        for name, det in found.items():
-            x0, y0, x1, y1 = det.box
-            px, py = (y1 - y0) * _PAD_ENDS, (y1 - y0) * _PAD_SIDES
-            h, w = gray.shape
-            crop = gray[
-                max(0, int(y0 - py)) : min(h, math.ceil(y1 + py)),
-                max(0, int(x0 - px)) : min(w, math.ceil(x1 + px)),
+        best = {name: c[0] for name, c in candidates.items()}
+        readings = self._read(gray, list(best.values()), rules)
+        chosen = {name: (best[name], readings[i]) for i, name in enumerate(best)}
+        for name, (_, reading) in list(chosen.items()):
+            if reading is not None and re.fullmatch(rules[name].pattern, reading[0]):
+                continue
+            others = [
+                c
+                for c in candidates[name][1:]
+                if all(box_iou(c.box, d.box) <= 0.5 for n, (d, _) in chosen.items() if n != name)
             ]
-            if crop.shape[0] >= 4 and crop.shape[1] >= 4:
-                crops.append(Reader.preprocess(crop))
-                names.append(name)
-        # Fields sharing a reader are read in one batch.
-        readings: dict[str, tuple[str, list[float]]] = {}
-        by_reader: dict[int, list[int]] = {}
-        for i, name in enumerate(names):
-            by_reader.setdefault(id(self.readers[name]), []).append(i)
-        for indices in by_reader.values():
-            reader = self.readers[names[indices[0]]]
-            out = reader.read(
-                [crops[i] for i in indices], [rules[names[i]].alphabet for i in indices]
-            )
-            readings.update({names[i]: r for i, r in zip(indices, out, strict=True)})
+            for alt, alt_reading in zip(others, self._read(gray, others, rules), strict=True):
+                if alt_reading is not None and re.fullmatch(rules[name].pattern, alt_reading[0]):
+                    chosen[name] = (alt, alt_reading)
+                    break
         fields = {}
         for name in FIELDS:
-            det = found.get(name)
-            text, confs = readings.get(name, ("", []))
+            det, reading = chosen.get(name, (None, None))
+            text, confs = reading if reading is not None else ("", [])
             value = text if det is not None else None
             confidence = min(confs) if confs else 0.0
             valid = value is not None and re.fullmatch(rules[name].pattern, value) is not None
@@ -758,6 +776,37 @@ class SheetReader:
             )
         h, w = page.shape[:2]
         return PageResult(number, fields, turn, deskew, (w, h))
+
+    def _read(
+        self, gray: np.ndarray, boxes: Sequence[Detection], rules: Mapping[str, FieldRule]
+    ) -> list[tuple[str, list[float]] | None]:
+        """Each box's reading with its field's alphabet (None for a box too small to read);
+        boxes sharing a reader are read in one batch."""
+        h, w = gray.shape
+        crops: list[np.ndarray | None] = []
+        for det in boxes:
+            x0, y0, x1, y1 = det.box
+            px, py = (y1 - y0) * _PAD_ENDS, (y1 - y0) * _PAD_SIDES
+            crop = gray[
+                max(0, int(y0 - py)) : min(h, math.ceil(y1 + py)),
+                max(0, int(x0 - px)) : min(w, math.ceil(x1 + px)),
+            ]
+            big = crop.shape[0] >= 4 and crop.shape[1] >= 4
+            crops.append(Reader.preprocess(crop) if big else None)
+        out: list[tuple[str, list[float]] | None] = [None] * len(boxes)
+        by_reader: dict[int, list[int]] = {}
+        for i, det in enumerate(boxes):
+            if crops[i] is not None:
+                by_reader.setdefault(id(self.readers[det.field]), []).append(i)
+        for indices in by_reader.values():
+            reader = self.readers[boxes[indices[0]].field]
+            read = reader.read(
+                [crops[i] for i in indices],  # type: ignore[misc]
+                [rules[boxes[i].field].alphabet for i in indices],
+            )
+            for i, r in zip(indices, read, strict=True):
+                out[i] = r
+        return out
 
 
 def corrected_page(rgb: np.ndarray, page: Mapping[str, Any]) -> np.ndarray:
