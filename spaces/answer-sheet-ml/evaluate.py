@@ -30,7 +30,7 @@ from typing import Any
 import numpy as np
 from tqdm import tqdm
 
-from predictor import CONFIG_PATH, FIELDS, SheetReader, load_settings, to_corrected
+from predictor import CONFIG_PATH, FIELDS, SheetReader, box_iou, load_settings, to_corrected
 from shared.documents import load_pages
 
 SPACE_DIR = Path(__file__).resolve().parent
@@ -96,15 +96,6 @@ def misreads(truth: str, read: str) -> list[tuple[str, str]]:
     return pairs
 
 
-def iou(a: list[float], b: list[float]) -> float:
-    """Intersection over union of two (x0, y0, x1, y1) boxes."""
-    w = max(0.0, min(a[2], b[2]) - max(a[0], b[0]))
-    h = max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
-    inter = w * h
-    union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter
-    return inter / union if union > 0 else 0.0
-
-
 def average_precision(detections: list[tuple[float, bool]], n_truth: int) -> float | None:
     """AP (all-point interpolation) of scored detections against ``n_truth`` true boxes."""
     if not n_truth:
@@ -162,7 +153,7 @@ def evaluate(reader: SheetReader, folders: list[Path], exam_type: str) -> dict[s
             if value != true:
                 s.confusions.update(misreads(true, value))
             if got["box"] is not None:
-                hit = iou(got["box"], truth_box(record, name, shape, result)) >= 0.5
+                hit = box_iou(got["box"], truth_box(record, name, shape, result)) >= 0.5
                 s.found += hit
                 s.detections.append((got["detection_confidence"], hit))
                 s.confidences.append((got["confidence"], got["valid"], value == true))

@@ -10,7 +10,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 import evaluate
-from predictor import CONFIG_PATH, SheetReader, load_settings
+from predictor import CONFIG_PATH, SheetReader, box_iou, load_settings
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "training"))
 import sheets
@@ -58,7 +58,7 @@ def test_edit_distance_and_misreads(a, b):
 
 
 def test_iou_and_average_precision():
-    assert evaluate.iou([0, 0, 10, 10], [0, 0, 10, 10]) == 1
-    assert evaluate.iou([0, 0, 10, 10], [5, 0, 15, 10]) == pytest.approx(1 / 3)
+    assert box_iou([0, 0, 10, 10], [0, 0, 10, 10]) == 1
+    assert box_iou([0, 0, 10, 10], [5, 0, 15, 10]) == pytest.approx(1 / 3)
     assert evaluate.average_precision([(0.9, True), (0.8, True)], 2) == 1.0
     assert evaluate.average_precision([(0.9, False), (0.8, True)], 2) == pytest.approx(0.25)
