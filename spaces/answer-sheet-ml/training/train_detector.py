@@ -73,6 +73,15 @@ def _write_negative(job: tuple[int, Path]) -> None:
     (folder / "labels" / f"{name}.txt").write_text("")  # no fields: a background image
 
 
+def _draw(write: Any, jobs: list[Any], workers: int, desc: str) -> None:
+    """Run ``write`` on every job in ``workers`` processes, with a progress bar."""
+    with multiprocessing.get_context("fork").Pool(workers) as pool:
+        for _ in tqdm(
+            pool.imap_unordered(write, jobs, chunksize=8), total=len(jobs), desc=desc, unit="sheet"
+        ):
+            pass
+
+
 def with_negatives(data: Path, count: int, seed: int, workers: int, cache: Path) -> Path:
     """The dataset plus ``count`` background pages (cached): sheets upside down, with no
     labels, so that the detector finds nothing on a page the wrong way up (the Space's
@@ -84,21 +93,10 @@ def with_negatives(data: Path, count: int, seed: int, workers: int, cache: Path)
     for sub in ("images", "labels"):
         (root / sub).mkdir(parents=True, exist_ok=True)
     jobs = [(60_000_000 + seed + i, root) for i in range(count)]
-    with multiprocessing.get_context("fork").Pool(workers) as pool:
-        for _ in tqdm(
-            pool.imap_unordered(_write_negative, jobs, chunksize=8),
-            total=len(jobs),
-            desc="negatives",
-            unit="sheet",
-        ):
-            pass
+    _draw(_write_negative, jobs, workers, "negatives")
     base = data.parent
-    text = (
-        data.read_text()
-        .replace("train: train/images", f"train: [{base / 'train' / 'images'}, {root / 'images'}]")
-        .replace(f"path: {base}", f"path: {base}")
-    )
-    done.write_text(text)
+    train = f"train: [{base / 'train' / 'images'}, {root / 'images'}]"
+    done.write_text(data.read_text().replace("train: train/images", train))
     return done
 
 
@@ -119,14 +117,7 @@ def dataset(count: int, val_count: int, seed: int, workers: int, cache: Path) ->
         for sub in ("images", "labels"):
             (folder / sub).mkdir(parents=True, exist_ok=True)
         jobs += [(first + i, split, folder) for i in range(n)]
-    with multiprocessing.get_context("fork").Pool(workers) as pool:
-        for _ in tqdm(
-            pool.imap_unordered(_write, jobs, chunksize=8),
-            total=len(jobs),
-            desc="sheets",
-            unit="sheet",
-        ):
-            pass
+    _draw(_write, jobs, workers, "sheets")
     names = "\n".join(f"  {i}: {name}" for i, name in enumerate(CLASSES))
     done.write_text(f"path: {root}\ntrain: train/images\nval: val/images\nnames:\n{names}\n")
     return done
