@@ -78,13 +78,22 @@ class DocumentLimits:
                 raise ValueError(f"DocumentLimits.{name} must be positive, got {value!r}")
 
 
-def load_pages(
+@dataclass(frozen=True)
+class Document:
+    """A decoded upload: the pages rendered (all, or the first few asked for) and how many
+    pages the document has."""
+
+    pages: list[Image.Image]
+    page_count: int
+
+
+def load_document(
     source: bytes | str | os.PathLike[str],
     *,
     limits: DocumentLimits = DocumentLimits(),
     first: int | None = None,
-) -> list[Image.Image]:
-    """Render a PDF, or decode an image, into one RGB image per page.
+) -> Document:
+    """Render a PDF, or decode an image, into one RGB image per page, and count its pages.
 
     Args:
         source: the uploaded file, as bytes or as a path. Its type is read from its first
@@ -93,11 +102,11 @@ def load_pages(
         limits: page, pixel, size and time limits. PDF pages render at ``limits.dpi``, or at
             the highest DPI down to 72 that keeps the page within ``limits.max_pixels``.
         first: Render (or decode) only the first ``first`` pages; the whole document is still
-            checked against the limits. None: every page.
+            checked against the limits and counted. None: every page.
 
     Returns:
         The pages in order, as ``RGB`` images (transparency is flattened onto white, and JPEG
-        EXIF rotation applied).
+        EXIF rotation applied), and the document's page count. The file is parsed once.
 
     Raises:
         DocumentInputError: the document is empty, over a limit, encrypted, damaged, or not a
@@ -113,6 +122,16 @@ def load_pages(
     if kind == "pdf":
         return _load_pdf(data, limits, first)
     return _load_image(data, kind, limits, first)
+
+
+def load_pages(
+    source: bytes | str | os.PathLike[str],
+    *,
+    limits: DocumentLimits = DocumentLimits(),
+    first: int | None = None,
+) -> list[Image.Image]:
+    """The pages of :func:`load_document` (same arguments, same errors)."""
+    return load_document(source, limits=limits, first=first).pages
 
 
 def page_count(
@@ -206,7 +225,7 @@ def _sniff(data: bytes) -> str | None:
 # --- PDF ---------------------------------------------------------------------------------------
 
 
-def _load_pdf(data: bytes, limits: DocumentLimits, first: int | None) -> list[Image.Image]:
+def _load_pdf(data: bytes, limits: DocumentLimits, first: int | None) -> Document:
     sizes = _pdf_page_sizes(data)
     if len(sizes) > limits.max_pages:
         raise DocumentInputError(
@@ -227,7 +246,7 @@ def _load_pdf(data: bytes, limits: DocumentLimits, first: int | None) -> list[Im
                 "rendering PDF page %d at %d dpi to stay within the pixel limit", number, dpi
             )
         dpis.append(dpi)
-    return _render_pdf(data, dpis[:first], limits)
+    return Document(_render_pdf(data, dpis[:first], limits), len(sizes))
 
 
 def _pdf_page_sizes(data: bytes) -> list[tuple[float, float]]:
@@ -328,9 +347,7 @@ def _render_pdf(data: bytes, dpis: list[int], limits: DocumentLimits) -> list[Im
 # --- Images ------------------------------------------------------------------------------------
 
 
-def _load_image(
-    data: bytes, kind: str, limits: DocumentLimits, first: int | None
-) -> list[Image.Image]:
+def _load_image(data: bytes, kind: str, limits: DocumentLimits, first: int | None) -> Document:
     try:
         with Image.open(io.BytesIO(data), formats=_PILLOW_FORMATS[kind]) as image:
             # Only TIFF pages are document pages; other frames are animation.
@@ -351,7 +368,7 @@ def _load_image(
                         f"{limits.max_pixels:,} pixels: scale it down and upload it again"
                     )
                 pages.append(_to_rgb(image))
-            return pages
+            return Document(pages, n_pages)
     except DocumentInputError:
         raise
     except Image.DecompressionBombError as e:  # Pillow's own check, before ours could run

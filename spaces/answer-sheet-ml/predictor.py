@@ -36,7 +36,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 
 from ctc import ALPHABET, HEIGHT, MAX_WIDTH, greedy_decode
 from shared.config import load_config
-from shared.documents import DocumentLimits, load_pages, page_count
+from shared.documents import DocumentLimits, load_document
 from shared.errors import InputError, ModelLoadError
 from shared.models import is_lfs_pointer, lfs_pointer_message
 from shared.serving import ModelInfo
@@ -684,17 +684,16 @@ class SheetReader:
             raise InputError(f"pages must be one of {PAGES}, got {pages!r}")
         name, rules = self.rules(exam_type)
         limits = self.settings.limits
-        total = page_count(data, limits=limits)
-        images = load_pages(data, limits=limits, first=1 if pages == "first" else None)
+        document = load_document(data, limits=limits, first=1 if pages == "first" else None)
         results = [
             self.read_page(np.asarray(img), number, rules)
-            for number, img in enumerate(images, start=1)
+            for number, img in enumerate(document.pages, start=1)
         ]
         with self._lock:
             self.pages_read += len(results)
         return Extraction(
             pages=results,
-            page_count=total,
+            page_count=document.page_count,
             exam_type=name,
             processing_ms=(time.perf_counter() - started) * 1000,
             models={k: v.to_json() for k, v in self.files.items()},

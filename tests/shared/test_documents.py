@@ -18,6 +18,7 @@ from shared.documents import (
     DocumentError,
     DocumentInputError,
     DocumentLimits,
+    load_document,
     load_pages,
     page_count,
 )
@@ -114,6 +115,19 @@ def test_type_comes_from_magic_bytes_not_the_name(tmp_path):
 
 def test_page_count_does_not_render():
     assert page_count(_blank_pdf(*[LETTER_PT] * 5)) == 5
+
+
+def test_a_document_renders_its_first_pages_and_counts_them_all():
+    pdf = load_document(_pdf(["red", "blue", "white"]), limits=DocumentLimits(dpi=20), first=1)
+    assert (len(pdf.pages), pdf.page_count) == (1, 3)
+    red, green, blue = pdf.pages[0].getpixel((5, 5))  # the first page, JPEG-encoded in the PDF
+    assert red > 240 and green < 15 and blue < 15
+    frames = [Image.new("RGB", (8, 8), color) for color in ("red", "blue")]
+    tiff = load_document(_encode(frames[0], "TIFF", save_all=True, append_images=frames[1:]),
+                         first=1)  # fmt: skip
+    assert (len(tiff.pages), tiff.page_count) == (1, 2)
+    everything = load_document(_pdf(["red", "blue"]), limits=DocumentLimits(dpi=20))
+    assert (len(everything.pages), everything.page_count) == (2, 2)
 
 
 def test_pdf_over_max_pages_names_count_and_limit():
