@@ -34,6 +34,8 @@ import json
 import math
 import re
 import struct
+import subprocess
+import sys
 import threading
 import time
 import zipfile
@@ -47,6 +49,7 @@ from typing import Any
 import httpx
 import psutil
 
+ROOT = Path(__file__).resolve().parents[1]
 MB = 1024 * 1024
 #: The huge bodies of the corpus: both are over every Space's 2 MB body limit.
 HUGE_SIZES = (5 * MB, 50 * MB)
@@ -1724,7 +1727,9 @@ def _fuzz_endpoint(
 
 
 class HealthWatchdog:
-    """Poll ``GET /health`` every ``every`` seconds in a background thread.
+    """Poll ``GET /health`` every ``every`` seconds during a run, from a process of its own
+    (``tests/health_probe.py``): the latencies are the Space's, not the time a poll thread
+    would wait for this process's interpreter lock while the load generator holds it.
 
     Use as a context manager around a run; ``max_latency_s`` and ``failures`` say how
     ``/health`` fared, :meth:`window_max` the slowest poll since its last call.
@@ -1744,16 +1749,30 @@ class HealthWatchdog:
         self.failures: list[str] = []
         self._window: float | None = None
         self._lock = threading.Lock()
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="health-watchdog", daemon=True)
+        self._probe: subprocess.Popen[str] | None = None
+        self._reader = threading.Thread(target=self._read, name="health-watchdog", daemon=True)
+        self._armed = threading.Event()
 
     def __enter__(self) -> HealthWatchdog:
-        self._thread.start()
+        self._probe = subprocess.Popen(
+            [sys.executable, "-m", "tests.health_probe", self.base_url, str(self.every),
+             str(self.timeout)],
+            cwd=ROOT, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+        )  # fmt: skip
+        self._reader.start()
+        # Armed once its first poll has answered (or failed): the run is watched from the start.
+        self._armed.wait(timeout=self.timeout + 30)
         return self
 
     def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        self._thread.join(timeout=self.timeout + 5)
+        assert self._probe is not None and self._probe.stdin is not None
+        self._probe.stdin.close()  # the probe's signal to stop after its poll in flight
+        try:
+            self._probe.wait(timeout=self.timeout + self.every + 10)
+        except subprocess.TimeoutExpired:
+            self._probe.kill()
+            self._probe.wait()
+        self._reader.join(timeout=5)
 
     def window_max(self) -> float | None:
         """The slowest poll (s) since the last call (None if none ended), and start a new
@@ -1762,25 +1781,19 @@ class HealthWatchdog:
             slowest, self._window = self._window, None
         return slowest
 
-    def _run(self) -> None:
-        with httpx.Client(base_url=self.base_url, timeout=self.timeout) as http:
-            while not self._stop.is_set():
-                start = time.perf_counter()
-                failure = None
-                try:
-                    response = http.get("/health")
-                    if response.status_code != 200:
-                        failure = f"{response.status_code}: {excerpt(response.text, 120)}"
-                except httpx.HTTPError as e:
-                    failure = f"{type(e).__name__}: {e}"
-                latency = time.perf_counter() - start
-                with self._lock:
-                    self.polls += 1
-                    self.max_latency_s = max(self.max_latency_s, latency)
-                    self._window = max(self._window or 0.0, latency)
-                    if failure is not None:
-                        self.failures.append(f"after {latency:.2f} s: {failure}")
-                self._stop.wait(self.every)
+    def _read(self) -> None:
+        assert self._probe is not None and self._probe.stdout is not None
+        for line in self._probe.stdout:
+            seconds, _, failure = line.rstrip("\n").partition("\t")
+            latency = float(seconds)
+            with self._lock:
+                self.polls += 1
+                self.max_latency_s = max(self.max_latency_s, latency)
+                self._window = max(self._window or 0.0, latency)
+                if failure:
+                    self.failures.append(f"after {latency:.2f} s: {failure}")
+            self._armed.set()
+        self._armed.set()  # the probe ended (it could not start): do not wait for it
 
 
 def tree_rss(pid: int) -> int:
