@@ -48,9 +48,12 @@ eval-toxic: setup
 eval-spam: setup
 	cd spaces/spam-mistral && ../../$(PY) evaluate.py data/eval.jsonl $(EVAL_ARGS)
 
-# The held-out-voice synthetic set (espeak-ng voices no model here trained on), then its report.
+# The held-out-voice synthetic set (espeak-ng voices no model here trained on), then its report,
+# of the demo multi-task model unless TWI_MODEL names another (a Hub id or a folder).
+TWI_MODEL ?= models/multitask-whisper
 eval-twi: setup
-	cd spaces/twi-speech && ../../$(PY) evaluate.py --synthetic ../../build/twi-speech/eval $(EVAL_ARGS)
+	cd spaces/twi-speech && ../../$(PY) evaluate.py --synthetic ../../build/twi-speech/eval \
+		--model-id $(TWI_MODEL) $(EVAL_ARGS)
 
 # Retrain twi-speech's text intent classifier and its demo multi-task Whisper (synthetic speech).
 train-twi: setup

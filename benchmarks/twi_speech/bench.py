@@ -69,8 +69,14 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 from intent_catalog import load_intents  # noqa: E402
-from multitask import CUSTOM_MODEL, TASK_TYPES, WhisperForMultiTask  # noqa: E402
-from predictor import TEXT_INTENT_DIR, AudioInput, SpeechPredictor, TwiSettings  # noqa: E402
+from multitask import CUSTOM_MODEL, TASK_TYPES, WhisperForMultiTask, log_mel  # noqa: E402
+from predictor import (  # noqa: E402
+    TEXT_INTENT_DIR,
+    AudioInput,
+    SpeechPredictor,
+    TwiSettings,
+    find_speech,
+)
 from shared.serving import BatchedPredictor  # noqa: E402
 from training import synth  # noqa: E402
 
@@ -389,8 +395,8 @@ class Stages:
         self.batch_size = len(clips)
         self.decode_audio = decode_audio
         audios = [self.decode(d) for d in clips]
-        speech = [multi._speech(a) for a in audios]  # the VAD the Space runs in preprocess
-        mels = [self.window(s) for s in speech]
+        speech = [find_speech(a) for a in audios]  # the VAD the Space runs in preprocess
+        mels = log_mel(self.model.feature_extractor, speech)  # (n, n_mels, frames)
         self.batch = ctranslate2.StorageView.from_array(np.stack(mels).astype(np.float32))
         self.encoded_batch = self.encode(self.batch)  # (n, frames, d_model)
         self.clips, self.audios, self.speech = clips[:4], audios[:4], speech[:4]
@@ -406,11 +412,6 @@ class Stages:
 
     def decode(self, data: bytes) -> np.ndarray:
         return self.decode_audio(data, sample_rate=SAMPLE_RATE, limits=self.multi.limits)
-
-    def window(self, clip: np.ndarray) -> np.ndarray:
-        extractor = self.model.feature_extractor
-        mel = extractor(clip)[:, : extractor.nb_max_frames]  # (n_mels, frames), as the Space
-        return np.pad(mel, ((0, 0), (0, extractor.nb_max_frames - mel.shape[1])))
 
     def encode(self, features: Any) -> Any:
         return self.model.model.encode(features, to_cpu=True)

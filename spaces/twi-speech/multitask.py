@@ -13,6 +13,7 @@ the model's safetensors without torch.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -62,6 +63,7 @@ class WhisperForMultiTask(WhisperForConditionalGeneration):
         intents: torch.Tensor,
         *,
         intent_weight: float = 1.0,
+        encoder_hidden: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Transcription and intent losses from one encoder pass.
 
@@ -71,11 +73,15 @@ class WhisperForMultiTask(WhisperForConditionalGeneration):
                 decoder start (``<|startoftranscript|>``), as the prompt is.
             intents: (batch,) intent ids.
             intent_weight: Weight of the intent loss in the sum.
+            encoder_hidden: The encoder's output for ``input_features`` when the caller has
+                already computed it (for a loss of its own on it); computed here otherwise.
 
         Returns:
             The summed loss, the transcription loss and the intent loss.
         """
-        encoder = self.model.encoder(input_features).last_hidden_state  # (batch, frames, d)
+        encoder = encoder_hidden
+        if encoder is None:
+            encoder = self.model.encoder(input_features).last_hidden_state  # (batch, frames, d)
         decoder_input = labels[:, :-1].clamp(min=0)
         targets = labels[:, 1:]
         out = self.model.decoder(input_ids=decoder_input, encoder_hidden_states=encoder)
@@ -85,6 +91,22 @@ class WhisperForMultiTask(WhisperForConditionalGeneration):
         )
         intent = nn.functional.cross_entropy(self.intent_logits(encoder), intents)
         return asr + intent_weight * intent, asr, intent
+
+
+def log_mel(extractor: Any, clips: Sequence[np.ndarray]) -> np.ndarray:
+    """(clips, n_mels, frames) Whisper input features, computed the way faster-whisper does.
+
+    ``extractor`` is faster-whisper's ``FeatureExtractor`` (a model's ``feature_extractor``):
+    each clip's first window is turned into a log-mel spectrogram, then padded to the window
+    with zeros in feature space, as faster-whisper's ``pad_or_trim`` does. Training calls this
+    too, so that a model trained here is fed at serving time exactly what it learned from.
+    """
+    frames = extractor.nb_max_frames
+    feats = []
+    for clip in clips:
+        mel = extractor(clip[: extractor.n_samples])[:, :frames]  # (n_mels, <= frames)
+        feats.append(np.pad(mel, ((0, 0), (0, frames - mel.shape[1]))))
+    return np.stack(feats).astype(np.float32)
 
 
 def is_multitask(config: dict[str, Any]) -> bool:

@@ -35,7 +35,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from intent_catalog import load_intents
 from intent_text import TextIntentClassifier
-from multitask import HEAD_PREFIX, IntentHead, is_multitask
+from multitask import HEAD_PREFIX, IntentHead, is_multitask, log_mel
 from shared.audio import AudioLimits, decode_audio
 from shared.config import load_config
 from shared.errors import InputError, ModelLoadError
@@ -237,9 +237,6 @@ class SpeechPredictor:
         # The intents of the head (a multi-task model) or of the text classifier.
         self.labels: tuple[str, ...] = tuple(head_labels or text_intents.labels)
         self.limits = AudioLimits(max_seconds=settings.max_seconds, max_bytes=settings.max_bytes)
-        from faster_whisper.vad import VadOptions
-
-        self._vad = VadOptions(min_silence_duration_ms=300, speech_pad_ms=200)
 
     @classmethod
     def load(
@@ -288,18 +285,21 @@ class SpeechPredictor:
                 strip_head=model_type == "multi",
             )
             precision = settings.compute_type
+        marker = demo_info(folder)
         extra = {
             "model_type": model_type,
             "intent_source": "head" if head is not None else "text classifier",
             "intents": len(labels or text_intents.labels),
             "warnings": warnings,
         }
+        if marker is not None:
+            extra["demo_note"] = str(marker.get("note", ""))
         info = ModelInfo(
             id=settings.model_id,
             revision=settings.revision,
             device=choice.device,
             precision=precision,
-            demo=demo_info(folder) is not None,
+            demo=marker is not None,
             load_s=time.monotonic() - start,
             extra=extra,
         )
@@ -319,7 +319,7 @@ class SpeechPredictor:
             raise InputError(f"expected an audio file, got {type(item).__name__}")
         audio = decode_audio(item.data, sample_rate=SAMPLE_RATE, limits=self.limits)
         digest = hashlib.sha256(item.data).hexdigest()
-        speech = self._speech(audio)
+        speech = find_speech(audio)
         return Prepared(
             filename=item.filename,
             audio=speech if speech is not None else audio,
@@ -327,17 +327,6 @@ class SpeechPredictor:
             has_speech=speech is not None,
             seconds=len(audio) / SAMPLE_RATE,
         )
-
-    def _speech(self, audio: np.ndarray) -> np.ndarray | None:
-        """The clip's speech (VAD chunks joined), or None when there is none."""
-        from faster_whisper.vad import collect_chunks, get_speech_timestamps
-
-        chunks = get_speech_timestamps(audio, self._vad, sampling_rate=SAMPLE_RATE)
-        if not chunks:
-            return None
-        joined, _ = collect_chunks(audio, chunks, sampling_rate=SAMPLE_RATE)
-        speech = np.concatenate(joined) if isinstance(joined, list) else joined
-        return speech.astype(np.float32) if len(speech) else None
 
     def forward(self, batch: Sequence[Prepared]) -> list[_Heard | None]:
         """Read every clip with speech (one batch through the model); None for the others."""
@@ -395,6 +384,21 @@ class SpeechPredictor:
             "language": self.settings.language if self.model_type != "ctc" else None,
             "transcription_confidence": round(confidence, 4),
         }
+
+
+def find_speech(audio: np.ndarray) -> np.ndarray | None:
+    """A 16 kHz clip's speech, as Silero VAD finds it (its chunks joined, silences between them
+    cut to 300 ms, 200 ms kept around each), or None when it holds none. The Space runs it on
+    every upload, and the demo model's training on every clip, so both see the same audio."""
+    from faster_whisper.vad import VadOptions, collect_chunks, get_speech_timestamps
+
+    options = VadOptions(min_silence_duration_ms=300, speech_pad_ms=200)
+    chunks = get_speech_timestamps(audio, options, sampling_rate=SAMPLE_RATE)
+    if not chunks:
+        return None
+    joined, _ = collect_chunks(audio, chunks, sampling_rate=SAMPLE_RATE)
+    speech = np.concatenate(joined) if isinstance(joined, list) else joined
+    return speech.astype(np.float32) if len(speech) else None
 
 
 def _is_silence(heard: _Heard, threshold: float) -> bool:
@@ -499,14 +503,7 @@ class _WhisperRecognizer(_Recognizer):
     def read(self, clips: list[np.ndarray], head: IntentHead | None) -> list[_Heard]:
         import ctranslate2
 
-        extractor = self.model.feature_extractor
-        frames = extractor.nb_max_frames
-        feats = []
-        for clip in clips:
-            mel = extractor(clip[: extractor.n_samples])  # (n_mels, frames)
-            mel = mel[:, :frames]
-            feats.append(np.pad(mel, ((0, 0), (0, frames - mel.shape[1]))))
-        features = np.stack(feats).astype(np.float32)  # (batch, n_mels, frames)
+        features = log_mel(self.model.feature_extractor, clips)  # (batch, n_mels, frames)
         prompt = self.prompt
         with self._lock:  # one CTranslate2 call at a time: it uses every thread it was given
             encoded = self.model.model.encode(ctranslate2.StorageView.from_array(features),

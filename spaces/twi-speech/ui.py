@@ -55,10 +55,10 @@ def banner(service: Service[Any], model_id: str) -> tuple[str, bool]:
     for warning in model.get("warnings") or []:
         note += f"\n\n⚠️ {warning}"
     if model["demo"]:
+        what = model.get("demo_note") or "not a model of real speech"
         note += (
-            "\n\n⚠️ **Demo weights**: this Space runs an offline demo model with random"
-            " weights: its transcripts are gibberish, so its intents mean nothing. Set"
-            " `MODEL_ID` to a Twi speech model."
+            f"\n\n⚠️ **Demo weights**: this Space runs an offline demo model ({what}). Set"
+            " `MODEL_ID` to a Twi speech model for real shoppers."
         )
     return note, False
 

@@ -1,8 +1,9 @@
 """The twi-speech Space as backends and people use it: gradio_client and multipart HTTP.
 
-The Space runs its demo model (a Whisper with random weights: gibberish transcripts), so these
-tests check the serving, not the accuracy: the shapes, the order, the cache, silence, the
-limits and the errors.
+The Space runs its demo model, as ``make demo`` does: the multi-task Whisper this project
+trains on synthetic speech (``models/multitask-whisper``, ``make train-twi``). These tests check
+the serving (the shapes, the order, the cache, silence, the limits and the errors) and that a
+generated command, in voices the model never trained on, gets its intent back.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ import pytest
 from gradio_client import handle_file
 from gradio_client.exceptions import AppError
 
+from intent_catalog import load_intents
 from tests.harness import RunningSpace, free_port
 from training import synth
 
@@ -31,6 +33,9 @@ KEYS = {
     "top_predictions", "model_type", "whisper_info", "no_speech", "confident", "reply",
 }  # fmt: skip
 FALLBACK = "Mentumi ntie wo yiye. San ka bio."
+#: Of the 34 generated commands in held-out voices, how many the demo model must get right: it
+#: got 26 when it was trained (a margin of 3 for int8 rounding on another CPU).
+HELD_OUT_RIGHT = 23
 
 pytestmark = pytest.mark.slow
 
@@ -60,7 +65,7 @@ def clips(tmp_path_factory) -> dict[str, Path]:
 def check_result(result: dict, filename: str) -> None:
     assert set(result) == KEYS
     assert result["filename"] == filename
-    assert result["model_type"] == "single"
+    assert result["model_type"] == "multi"
     assert result["processing_time_ms"] >= 0
     assert set(result["whisper_info"]) == {"model_size", "language", "transcription_confidence"}
     if result["no_speech"]:
@@ -73,7 +78,7 @@ def check_result(result: dict, filename: str) -> None:
     assert top[0]["confidence"] == result["confidence"]
     confidences = [p["confidence"] for p in top]
     assert confidences == sorted(confidences, reverse=True) and 0 <= confidences[0] <= 1
-    # The demo model's intents come from the text classifier: 0.5 in intents.yaml.
+    # min_confidence in intents.yaml: 0.5.
     assert result["confident"] == (result["confidence"] >= 0.5)
     assert result["reply"] == ("" if result["confident"] else FALLBACK)
 
@@ -99,10 +104,11 @@ def test_health_has_the_shared_body_and_the_model_kind(space):
     body = response.json()
     assert (body["status"], body["space"]) == ("ok", SPACE)
     model = body["models"]["model"]
-    assert model["id"].endswith("whisper-tiny") and model["demo"] is True
-    assert (model["model_type"], model["intent_source"]) == ("single", "text classifier")
+    assert model["id"].endswith("multitask-whisper") and model["demo"] is True
+    assert (model["model_type"], model["intent_source"]) == ("multi", "head")
     assert (model["device"], model["precision"]) == ("cpu", "int8")
     assert model["intents"] == 34 and model["warnings"] == []
+    assert "synthetic espeak-ng speech" in model["demo_note"]
 
 
 def test_predict_with_gradio_client(space):
@@ -110,6 +116,31 @@ def test_predict_with_gradio_client(space):
     check_result(result, COMMAND.name)
     assert result["no_speech"] is False
     assert len(result["top_predictions"]) == 5
+    assert result["intent"] == "go_home"  # "Fa me kɔ fie": take me home
+
+
+def test_generated_commands_in_voices_never_trained_on_get_their_intent(space, tmp_path):
+    """One training utterance per intent, read by the held-out espeak-ng voices: the demo model
+    was trained on these sentences in other voices (``models/multitask-whisper/README.md``)."""
+    catalog = load_intents()
+    commands = [(i.examples[0].twi, i.name) for i in catalog.intents]
+    spoken = list(synth.render(commands, languages=synth.HELD_OUT_VOICES, per_utterance=1,
+                               seed=11))  # fmt: skip
+    for clip in spoken:
+        synth.write_wav(tmp_path / f"{clip.intent}.wav", clip.audio)
+    answers = []
+    for start in range(0, len(spoken), 16):
+        files = [("files", (f"{c.intent}.wav", (tmp_path / f"{c.intent}.wav").read_bytes(),
+                            "audio/wav")) for c in spoken[start : start + 16]]  # fmt: skip
+        response = space.http.post("/batch-intent", files=files)
+        assert response.status_code == 200, response.text
+        answers += response.json()
+    for answer, clip in zip(answers, spoken, strict=True):
+        check_result(answer, f"{clip.intent}.wav")
+    right = [a["intent"] == c.intent for a, c in zip(answers, spoken, strict=True)]
+    # The clips are seeded and the model fixed (see HELD_OUT_RIGHT); the full held-out-voice
+    # figures are in benchmarks/results/twi-speech-eval.md.
+    assert sum(right) >= HELD_OUT_RIGHT, f"{sum(right)} of {len(right)} right: {answers}"
 
 
 def test_silence_is_no_speech_with_an_empty_transcript(space, clips):
@@ -251,8 +282,8 @@ def test_performance_stats_shape(space):
     assert status["batching"]["max_batch_size"] == 8
     assert status["cache"]["capacity"] == 512 and status["cache"]["size"] >= 1
     info = body["model_info"]
-    assert info["model_path"].endswith("whisper-tiny")
-    assert (info["model_type"], info["device"], info["model_source"]) == ("single", "cpu", "local")
+    assert info["model_path"].endswith("multitask-whisper")
+    assert (info["model_type"], info["device"], info["model_source"]) == ("multi", "cpu", "local")
 
 
 def test_stats_count_rest_and_gradio_calls(space, clips):

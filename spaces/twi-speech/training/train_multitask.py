@@ -33,12 +33,13 @@ from tqdm import tqdm
 
 HERE = Path(__file__).resolve().parent
 SPACE = HERE.parent
-sys.path[:0] = [str(HERE), str(SPACE)]
+sys.path[:0] = [str(HERE), str(SPACE), str(SPACE.parents[1])]
 
 import synth  # noqa: E402
 
 from intent_catalog import load_intents  # noqa: E402
-from multitask import CUSTOM_MODEL, TASK_TYPES, WhisperForMultiTask  # noqa: E402
+from multitask import CUSTOM_MODEL, TASK_TYPES, WhisperForMultiTask, log_mel  # noqa: E402
+from predictor import find_speech  # noqa: E402
 
 logger = logging.getLogger("train_multitask")
 
@@ -51,6 +52,9 @@ SPECIALS = ["<|endoftext|>", "<|startoftranscript|>", "<|translate|>", "<|transc
 #: Audio window: commands are short, so the demo model reads 8 s windows, not Whisper's 30.
 CHUNK_SECONDS = 8
 N_MELS = 80
+#: How the cached features were computed (part of the cache's name): the Space's VAD, then
+#: faster-whisper's log-mel padded with zeros (``multitask.log_mel``).
+FEATURES = "vad-fw"
 
 
 def load_utterances(path: Path) -> tuple[list[tuple[str, str]], list[tuple[str, str]]]:
@@ -79,14 +83,22 @@ def build_tokenizer(texts: list[str], vocab_size: int) -> Any:
                                 unk_token=eot, pad_token=eot)  # fmt: skip
 
 
-def _clip_features(job: tuple[str, str, dict[str, Any], int]) -> tuple[np.ndarray, float]:
+def _clip_features(job: tuple[str, str, dict[str, Any], int]) -> tuple[np.ndarray | None, float]:
+    """One clip's features as the Space computes them (VAD, then faster-whisper's log-mel), or
+    None when the VAD finds no speech in it (the Space would answer ``no_speech``)."""
     text, _, voice, seed = job
-    from transformers import WhisperFeatureExtractor
+    from faster_whisper.feature_extractor import FeatureExtractor
 
-    extractor = WhisperFeatureExtractor(feature_size=N_MELS, chunk_length=CHUNK_SECONDS)
+    extractor = FeatureExtractor(feature_size=N_MELS, chunk_length=CHUNK_SECONDS)
     audio = synth.speak(text, synth.Voice(**voice), seed)
-    mel = extractor(audio, sampling_rate=synth.SAMPLE_RATE, return_tensors="np").input_features[0]
-    return mel.astype(np.float16), len(audio) / synth.SAMPLE_RATE
+    speech = find_speech(audio)
+    if speech is None:
+        return None, len(audio) / synth.SAMPLE_RATE
+    return log_mel(extractor, [speech])[0].astype(np.float16), len(speech) / synth.SAMPLE_RATE
+
+
+def _voice_name(voice: dict[str, Any]) -> str:
+    return f"{voice['language']}+{voice['variant']}/{voice['channel']}"
 
 
 def synthesize(
@@ -94,11 +106,12 @@ def synthesize(
     name: str, workers: int,
 ) -> dict[str, Any]:  # fmt: skip
     """Log-mel features of every clip (cached in build/twi-speech by name and seed)."""
-    cache = CACHE / f"{name}-{seed}-{per_utterance}.npz"
+    cache = CACHE / f"{name}-{seed}-{per_utterance}-{FEATURES}.npz"
     if cache.exists():
         data = np.load(cache, allow_pickle=False)
         meta = json.loads(str(data["meta"]))
-        if [tuple(u) for u in meta["utterances"]] == [tuple(u) for u in utterances]:
+        same = [tuple(u) for u in meta["utterances"]] == [tuple(u) for u in utterances]
+        if same and meta.get("languages") == list(languages):
             return {"mel": data["mel"], **meta}
     rng = random.Random(seed)
     jobs = []
@@ -110,13 +123,18 @@ def synthesize(
     with ProcessPoolExecutor(workers) as pool:
         out = list(tqdm(pool.map(_clip_features, jobs, chunksize=8), total=len(jobs),
                         desc=f"speaking {name}", unit="clip"))  # fmt: skip
-    mel = np.stack([m for m, _ in out])
+    kept = [i for i, (m, _) in enumerate(out) if m is not None]
+    if len(kept) < len(jobs):
+        logger.info("%s: the VAD found no speech in %d of %d clips; they are left out",
+                    name, len(jobs) - len(kept), len(jobs))  # fmt: skip
+    mel = np.stack([out[i][0] for i in kept])
     meta = {
         "utterances": utterances,
-        "texts": [j[0] for j in jobs],
-        "intents": [j[1] for j in jobs],
-        "voices": [f"{j[2]['language']}+{j[2]['variant']}/{j[2]['channel']}" for j in jobs],
-        "seconds": [s for _, s in out],
+        "languages": list(languages),
+        "texts": [jobs[i][0] for i in kept],
+        "intents": [jobs[i][1] for i in kept],
+        "voices": [_voice_name(jobs[i][2]) for i in kept],
+        "seconds": [out[i][1] for i in kept],
     }
     CACHE.mkdir(parents=True, exist_ok=True)
     np.savez(cache, mel=mel, meta=json.dumps(meta))
@@ -151,7 +169,7 @@ def make_model(tokenizer: Any, labels: list[str], args: argparse.Namespace) -> W
         num_labels=len(labels),
         id2label=dict(enumerate(labels)),
         label2id={label: i for i, label in enumerate(labels)},
-        dropout=0.1,
+        dropout=args.dropout,
     )
     config.custom_model = CUSTOM_MODEL
     config.task_types = TASK_TYPES
@@ -191,6 +209,30 @@ def augment(mel: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
             begin = int(torch.randint(0, frames - span, (1,), generator=generator))
             mel[b, :, begin : begin + span] = floor[b]
     return mel
+
+
+class CharacterCTC(torch.nn.Module):
+    """A training-only CTC head over the encoder's frames, on the transcript's characters.
+
+    Whisper's decoder can lower its loss for a while as a language model of the 762
+    sentences, without listening; a CTC loss on the encoder makes the encoder learn where
+    each sound is from the first steps (hybrid CTC/attention training). It is not part of the
+    exported model.
+    """
+
+    def __init__(self, d_model: int, texts: list[str]) -> None:
+        super().__init__()
+        self.chars = {c: i + 1 for i, c in enumerate(sorted({c for t in texts for c in t}))}
+        self.proj = torch.nn.Linear(d_model, len(self.chars) + 1)  # 0 is the blank
+
+    def forward(self, encoder: torch.Tensor, texts: list[str]) -> torch.Tensor:
+        """Mean CTC loss of (batch, frames, d_model) encoder states against ``texts``."""
+        logprobs = self.proj(encoder).log_softmax(-1).transpose(0, 1)  # (frames, batch, chars)
+        targets = [torch.tensor([self.chars[c] for c in t]) for t in texts]
+        return torch.nn.functional.ctc_loss(
+            logprobs, torch.cat(targets), torch.full((len(texts),), encoder.shape[1]),
+            torch.tensor([len(t) for t in targets]), zero_infinity=True,
+        )  # fmt: skip
 
 
 @torch.inference_mode()
@@ -258,8 +300,10 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
     mel = torch.from_numpy(data["mel"].astype(np.float32))
     targets = label_ids(tokenizer, data["texts"])
     intents = torch.tensor([labels.index(i) for i in data["intents"]])
+    ctc = CharacterCTC(args.d_model, data["texts"])
     steps = args.epochs * math.ceil(len(mel) / args.batch_size)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=0.01)
+    parameters = [*model.parameters(), *ctc.parameters()]
+    optimizer = torch.optim.AdamW(parameters, lr=args.lr, weight_decay=0.01)
     warmup = max(1, steps // 20)
     schedule = torch.optim.lr_scheduler.LambdaLR(
         optimizer,
@@ -269,21 +313,31 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
     start = time.monotonic()
     progress = tqdm(total=steps, desc="training", unit="step")
     model.train()
+    # Masks slow the start (the encoder must first find the sounds): they begin later.
+    augment_from = int(args.augment_after * steps)
+    step = 0
     for _ in range(args.epochs):
         order = torch.randperm(len(mel), generator=generator)
         for i in range(0, len(mel), args.batch_size):
             batch = order[i : i + args.batch_size]
-            features = augment(mel[batch], generator)
+            features = augment(mel[batch], generator) if step >= augment_from else mel[batch]
             width = int((targets[batch] != -100).sum(1).max())
-            loss, asr, intent = model.multitask_loss(features, targets[batch][:, :width],
-                                                     intents[batch])  # fmt: skip
+            encoder = model.model.encoder(features).last_hidden_state
+            loss, asr, intent = model.multitask_loss(
+                features, targets[batch][:, :width], intents[batch],
+                intent_weight=args.intent_weight, encoder_hidden=encoder,
+            )  # fmt: skip
+            aligned = ctc(encoder, [data["texts"][j] for j in batch.tolist()])
+            loss = loss + args.ctc_weight * aligned
             optimizer.zero_grad()
             loss.backward()
-            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+            torch.nn.utils.clip_grad_norm_(parameters, 1.0)
+            step += 1
             optimizer.step()
             schedule.step()
             progress.update()
-            progress.set_postfix(asr=f"{asr.item():.3f}", intent=f"{intent.item():.3f}")
+            progress.set_postfix(asr=f"{asr.item():.3f}", intent=f"{intent.item():.3f}",
+                                 ctc=f"{aligned.item():.3f}")  # fmt: skip
     progress.close()
     train_s = time.monotonic() - start
     figures = {
@@ -311,6 +365,13 @@ def export(model: WhisperForMultiTask, tokenizer: Any, labels: list[str],
         "label_to_id": {label: i for i, label in enumerate(labels)},
         "id_to_label": {str(i): label for i, label in enumerate(labels)},
     }, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")  # fmt: skip
+    # The Space reports a model with this marker as demo weights (/health "demo": true).
+    (out / "demo_weights.json").write_text(json.dumps({
+        "demo": True,
+        "architecture": CUSTOM_MODEL,
+        "note": "trained on synthetic espeak-ng speech of intents.yaml, not on Twi speakers",
+        "built_by": "spaces/twi-speech/training/train_multitask.py",
+    }, indent=2) + "\n", encoding="utf-8")  # fmt: skip
     settings = {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()}
     (out / "training.json").write_text(json.dumps({"args": settings, **figures}, indent=2) + "\n")
     (out / "README.md").write_text(model_card(figures, args, len(labels)), encoding="utf-8")
@@ -337,17 +398,25 @@ tags: [whisper, multitask, intent-classification, synthetic-speech]
 A small `WhisperForMultiTask` (Whisper encoder-decoder with an intent head over the encoder
 output; {args.d_model}-wide, {args.encoder_layers}+{args.decoder_layers} layers,
 {CHUNK_SECONDS} s windows)
-trained by `spaces/twi-speech/training/train_multitask.py` on **synthetic speech**: espeak-ng
+trained from scratch by `spaces/twi-speech/training/train_multitask.py` (`make train-twi`) on
+**synthetic speech**: espeak-ng
 voices of other languages (espeak-ng has no Akan voice) reading this project's Twi shopping
 commands (`intents.yaml`, {n_labels} intents), through clean, telephone, reverb and noise
 channels. It is **not a model of Twi speakers**: it exists so that `make demo` and the tests
 serve a model that answers generated commands. For real users set `MODEL_ID` to a Twi
 checkpoint.
 
-Training: {figures["train_clips"]} clips in voices {", ".join(synth.TRAIN_VOICES)}; seed
-{args.seed}; {args.epochs} epochs; {figures["train_seconds"]} s on the build machine's CPU.
+Training: {figures["train_clips"]} clips ({args.per_utterance} per utterance) in voices
+{", ".join(synth.TRAIN_VOICES)}, cut by the Space's VAD and turned into features the way the
+Space does (`multitask.log_mel`); seed {args.seed}; {args.epochs} epochs of batches of
+{args.batch_size}; loss = transcript + {args.intent_weight:g} x intent + {args.ctc_weight:g} x a
+character CTC loss on the encoder (training only, not exported: it makes a from-scratch encoder
+find the sounds early); SpecAugment masks after {args.augment_after:.0%} of the steps;
+{figures["train_seconds"]} s on the build machine's 2 CPU cores.
 
-Evaluation in voices never trained on ({", ".join(synth.HELD_OUT_VOICES)}):
+Evaluation in voices never trained on ({", ".join(synth.HELD_OUT_VOICES)}), by the training
+script (torch, greedy decoding); the served figures (CTranslate2 int8, `make eval-twi`) are in
+the monorepo's `benchmarks/results/twi-speech-eval.md`:
 
 | clips | n | WER | CER | intent accuracy |
 |---|---:|---:|---:|---:|
@@ -362,14 +431,28 @@ microphones and spontaneous speech are all unlike the training data.
 def main() -> None:
     """Command line: ``python train_multitask.py [--epochs N] ...``."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--epochs", type=int, default=30)
-    parser.add_argument("--per-utterance", type=int, default=8, help="clips per utterance")
+    parser.add_argument("--epochs", type=int, default=14)
+    parser.add_argument("--per-utterance", type=int, default=6, help="clips per utterance")
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--lr", type=float, default=2e-3)
     parser.add_argument("--d-model", type=int, default=128)
     parser.add_argument("--encoder-layers", type=int, default=3)
     parser.add_argument("--decoder-layers", type=int, default=2)
     parser.add_argument("--vocab-size", type=int, default=600)
+    parser.add_argument("--dropout", type=float, default=0.0)
+    parser.add_argument("--intent-weight", type=float, default=1.0)
+    parser.add_argument(
+        "--ctc-weight",
+        type=float,
+        default=1.0,
+        help="weight of the training-only character CTC loss on the encoder",
+    )
+    parser.add_argument(
+        "--augment-after",
+        type=float,
+        default=0.3,
+        help="share of the steps before SpecAugment masks begin",
+    )
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--intents", type=Path, default=SPACE / "intents.yaml")
