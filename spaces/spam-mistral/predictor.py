@@ -581,14 +581,26 @@ class Reply:
         return asdict(self)
 
 
-# Trailing text that may be the start of a contact point still being generated: held back
-# while streaming, so a number is never shown before it is complete enough to be redacted.
-_UNFINISHED = re.compile(r"(?:\S*[0-9\u0660-\u0669\u06f0-\u06f9@:/.+]\S*\s*)+$")
+# A word holding one of these may be part of a contact point still being generated.
+_CONTACT_CHAR = re.compile(r"[0-9\u0660-\u0669\u06f0-\u06f9@:/.+]")
+_WORD = re.compile(r"\S+\s*")
 
 
 def streamable(text: str) -> str:
-    """The redacted text, minus a trailing part that may still grow into a contact point."""
-    return _UNFINISHED.sub("", redact(text).text)
+    """The redacted text, minus a trailing part that may still grow into a contact point.
+
+    The trailing words that hold a digit, ``@``, ``:``, ``/``, ``.`` or ``+`` are held back
+    while streaming, so a number is never shown before it is complete enough to be redacted.
+    Linear in the text's length: this runs on every streamed token, holding the GIL, and a
+    backtracking pattern here once froze the whole Space on a generated ``a.a.a.…``.
+    """
+    shown = redact(text).text
+    start = len(shown)
+    for word in reversed(list(_WORD.finditer(shown))):
+        if not _CONTACT_CHAR.search(word.group()):
+            break
+        start = word.start()
+    return shown[:start]
 
 
 class ReplyGenerator:

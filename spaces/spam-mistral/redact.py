@@ -26,12 +26,15 @@ _GTLDS = (
 # (placeholder, pattern), applied in this order: an e-mail address is not also a link, and a
 # card or IBAN is not also a phone number.
 _RULES: tuple[tuple[str, re.Pattern[str]], ...] = (
-    ("[EMAIL]", re.compile(r"[\w.+-]+@[\w-]+(?:\.[\w-]+)+")),
+    # Bounded repeats (a local part is at most 64 characters, a host name has at most 10
+    # labels here) keep each pattern linear: redaction runs on every streamed token with the
+    # GIL held, and an unbounded one took seconds on a generated "a.a.a.…".
+    ("[EMAIL]", re.compile(r"[\w.+-]{1,64}@[\w-]+(?:\.[\w-]+)+")),
     (
         "[LINK]",
         re.compile(
             r"(?:\b(?:https?|ftp)://|\bwww\.)[^\s<>\"']+"
-            rf"|\b(?:[a-z0-9](?:[a-z0-9-]{{0,61}}[a-z0-9])?\.)+(?:{_GTLDS}|[a-z]{{2}})\b"
+            rf"|\b(?:[a-z0-9](?:[a-z0-9-]{{0,61}}[a-z0-9])?\.){{1,10}}(?:{_GTLDS}|[a-z]{{2}})\b"
             r"(?:[/?#][^\s<>\"']*)?",
             re.IGNORECASE,
         ),

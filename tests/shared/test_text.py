@@ -375,3 +375,11 @@ def test_from_dict_rejects_unknown_keys_and_lists_the_valid_ones():
 def test_from_dict_rejects_wrong_types(options, message):
     with pytest.raises(ValueError, match=message):
         ArabicNormalization.from_dict(options)
+
+
+@pytest.mark.timeout(10)
+@pytest.mark.parametrize("word", ["a" * 20_000, "a." * 10_000, "1a" * 10_000, "a-." * 7_000])
+def test_normalize_arabic_is_linear_on_long_words(word):
+    # Each took 0.8-1.5 s with an unbounded e-mail local part, the GIL held throughout.
+    assert "[بريد]" not in normalize_arabic(word)
+    assert normalize_arabic(f"راسلني {'x' * 80}@mail.com") == "راسلني xx [بريد]"

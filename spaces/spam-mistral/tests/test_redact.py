@@ -64,3 +64,20 @@ def test_redaction_is_idempotent_and_keeps_placeholders(text):
     assert redact(once).text == once
     for placeholder in PLACEHOLDERS:
         assert once.count(placeholder) >= text.count(placeholder)
+
+
+@pytest.mark.timeout(10)
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        # A long dotted run that ends in no top-level domain: quadratic with an unbounded
+        # label repeat (1.6 s at 4,000 characters, every streamed token).
+        ("a." * 5000 + "x y", "a." * 5000 + "x y"),
+        # A host of more labels than the bound: its tail is replaced, nothing working is left.
+        ("go to a.b.c.d.e.f.g.h.i.j.k.l.example.com now", "go to a.b.c.[LINK] now"),
+        ("x" * 10000, "x" * 10000),
+        ("mail " + "x" * 80 + "@mail.com", "mail " + "x" * 16 + "[EMAIL]"),
+    ],
+)
+def test_long_runs_are_redacted_in_linear_time(text, expected):
+    assert redact(text).text == expected
