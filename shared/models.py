@@ -262,16 +262,21 @@ def cpu_supports_bf16() -> bool:
 def select_device(
     device: Literal["auto", "cpu", "cuda"] = "auto",
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto",
+    *,
+    cpu_bf16: bool = False,
 ) -> DeviceChoice:
     """Choose the device and dtype for a model in one place.
 
     ``auto`` picks CUDA when available; the dtype then defaults to bf16 on GPUs that support it,
-    fp16 on others, and fp32 on CPU (bf16 on CPU is opt-in: it is fast only where the CPU has
-    native bf16, and callers should measure scores against fp32 before enabling it).
+    fp16 on others, and fp32 on CPU. bf16 on CPU is opt-in (``cpu_bf16``): it is fast only
+    where the CPU has native bf16, and callers should measure scores against fp32 before
+    enabling it.
 
     Args:
         device: "auto", "cpu" or "cuda".
         dtype: "auto" or an explicit dtype name.
+        cpu_bf16: With ``dtype="auto"`` on a CPU with native bf16 (AVX-512 BF16 or AMX), pick
+            bf16 instead of fp32.
 
     Returns:
         The device and dtype to use.
@@ -286,7 +291,7 @@ def select_device(
         if device == "cuda":
             dtype = "bfloat16" if torch.cuda.is_bf16_supported() else "float16"
         else:
-            dtype = "float32"
+            dtype = "bfloat16" if cpu_bf16 and cpu_supports_bf16() else "float32"
     if dtype == "bfloat16" and device == "cpu" and not cpu_supports_bf16():
         logger.warning("bfloat16 requested but this CPU has no native bf16; it will be slow")
     return DeviceChoice(device=device, dtype=dtype)

@@ -44,7 +44,7 @@ sys.path.insert(0, str(ROOT))
 import torch  # noqa: E402
 
 from benchmarks.models import build_random_mistral  # noqa: E402
-from shared.llm import CausalLMRegistry, GenerationRequest  # noqa: E402
+from shared.llm import CausalLMRegistry, GenerationRequest, LoadedModel, ModelSpec  # noqa: E402
 from tiers import TierRegistry, load_space_config  # noqa: E402
 
 logger = logging.getLogger("bench")
@@ -52,6 +52,8 @@ logger = logging.getLogger("bench")
 RESULTS = ROOT / "benchmarks" / "results" / "llm-tiers.md"
 
 PROMPT = "Write a short summary of the quarterly report for our customers."
+
+ENGINE = "llm-tiers engine (batched, streaming)"
 
 
 @dataclass(frozen=True)
@@ -68,6 +70,9 @@ class Row:
     tokens_per_s: float
     # Free text (errors, notes).
     note: str = ""
+    # Weights read per second over the decode steps after the first token (GB/s): each step
+    # reads every weight once, so this is the rate the memory-bound steps reach.
+    decode_gbs: float | None = None
 
 
 def rss_peak_mb() -> float:
@@ -75,14 +80,15 @@ def rss_peak_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-def engine_run(registry: TierRegistry, tiers: list[str], ids: tuple[int, ...], new: int) -> Row:
-    """``len(tiers)`` concurrent streams, one per tier name given (tiers share one engine)."""
+def engine_run(
+    loaded: list[LoadedModel], ids: tuple[int, ...], new: int, name: str = ENGINE
+) -> Row:
+    """``len(loaded)`` concurrent streams, one per model given (the tiers' are one engine)."""
     streams = []
     start = time.perf_counter()
     firsts: list[float] = []
-    for tier in tiers:
-        engine = registry.get(tier).engine
-        streams.append(engine.submit(GenerationRequest(ids, new, ignore_eos=True)))
+    for model in loaded:
+        streams.append(model.engine.submit(GenerationRequest(ids, new, ignore_eos=True)))
 
     def consume(stream: object) -> None:
         first = None
@@ -98,9 +104,11 @@ def engine_run(registry: TierRegistry, tiers: list[str], ids: tuple[int, ...], n
         t.join()
     wall = time.perf_counter() - start
     total = sum(s.result.generated_tokens for s in streams)
-    assert total == new * len(tiers), total
-    return Row("llm-tiers engine (batched, streaming)", len(tiers), sum(firsts) / len(firsts),
-               total / wall)  # fmt: skip
+    assert total == new * len(loaded), total
+    ttft = sum(firsts) / len(firsts)
+    steps_per_s = (new - 1) / (wall - ttft)
+    gbs = loaded[0].nbytes * steps_per_s / 1e9
+    return Row(name, len(loaded), ttft, total / wall, decode_gbs=gbs)
 
 
 def baseline_run(pipe: object, n: int, new: int) -> Row:
@@ -157,17 +165,24 @@ def table(rows: list[Row], meta: dict[str, str]) -> str:
         f"{meta['new_tokens']} new tokens per request, greedy; best of {meta['repeats']} "
         "alternating runs per configuration.",
         "",
-        "| configuration | streams | TTFT (s) | tokens/s | vs baseline | note |",
-        "|---|---:|---:|---:|---:|---|",
+        "| configuration | streams | TTFT (s) | tokens/s | vs baseline | decode GB/s | note |",
+        "|---|---:|---:|---:|---:|---:|---|",
     ]
     base = {r.streams: r.tokens_per_s for r in rows if r.name.startswith("baseline")}
     for r in rows:
         ratio = (f"{r.tokens_per_s / base[r.streams]:.2f}x"
                  if r.streams in base and r.tokens_per_s else "")  # fmt: skip
         ttft = f"{r.ttft_s:.2f}" if r.ttft_s is not None else "n/a"
+        gbs = f"{r.decode_gbs:.1f}" if r.decode_gbs is not None else ""
         lines.append(f"| {r.name} | {r.streams} | {ttft} | {r.tokens_per_s:.2f} | {ratio} | "
-                     f"{r.note} |")  # fmt: skip
-    lines += ["", f"Peak RSS with all four tiers loaded (shared weights): {meta['rss']}."]
+                     f"{gbs} | {r.note} |")  # fmt: skip
+    lines += [
+        "",
+        "decode GB/s: the weights' bytes times the decode steps per second after the first "
+        "token (each step reads every weight once).",
+        "",
+        f"Peak RSS with all four tiers loaded (shared weights): {meta['rss']}.",
+    ]
     return "\n".join(lines)
 
 
@@ -233,6 +248,10 @@ def main() -> None:
             registry.get(name)
         rss = rss_peak_mb()
         loaded = registry.get("base")
+        # The same weights in fp32 (the default before bf16 where the CPU has it), beside it.
+        fp32_registry = CausalLMRegistry(device="cpu")
+        fp32 = fp32_registry.get(ModelSpec(str(folder), dtype="float32"))
+        fp32_name = f"{ENGINE}, fp32"
         tokenizer = loaded.tokenizer
         ids = tuple(tokenizer(PROMPT)["input_ids"])
         new = args.new_tokens
@@ -242,29 +261,36 @@ def main() -> None:
         model = loaded.engine.model
         pipe = pipeline("text-generation", model=model, tokenizer=tokenizer, device="cpu")
         # Warm up (first calls allocate and pick kernels).
-        engine_run(registry, ["base"], ids, 4)
+        engine_run([loaded], ids, 4)
+        engine_run([fp32], ids, 4)
         baseline_run(pipe, 1, 4)
-        streams = (tiers * args.streams)[: args.streams]  # the 8 streams spread over the tiers
+        # The 8 streams spread over the tiers (one engine: they share the weights).
+        streams = [registry.get(tier) for tier in (tiers * args.streams)[: args.streams]]
         # Configurations alternate and each keeps its best of --repeats runs, so a burst of load
         # from other processes on a shared machine does not land on one side only.
         runs: dict[str, list[Row]] = {}
         for _ in range(args.repeats):
             for key, run in (
-                ("engine-1", lambda: engine_run(registry, ["base"], ids, new)),
+                ("engine-1", lambda: engine_run([loaded], ids, new)),
+                ("fp32-1", lambda: engine_run([fp32], ids, new, fp32_name)),
                 ("baseline-1", lambda: baseline_run(pipe, 1, new)),
-                ("engine-n", lambda: engine_run(registry, streams, ids, new)),
+                ("engine-n", lambda: engine_run(streams, ids, new)),
+                ("fp32-n", lambda: engine_run([fp32] * args.streams, ids, new, fp32_name)),
                 ("baseline-n", lambda: baseline_run(pipe, args.streams, new)),
             ):
                 runs.setdefault(key, []).append(run())
                 print(runs[key][-1], flush=True)
-        rows = [max(runs[key], key=lambda r: r.tokens_per_s) for key in runs]
-        rows = [rows[0], rows[2], rows[1], rows[3]]
+        best = {key: max(found, key=lambda r: r.tokens_per_s) for key, found in runs.items()}
+        order = ("engine-1", "engine-n", "fp32-1", "fp32-n", "baseline-1", "baseline-n")
+        rows = [best[key] for key in order]
         registry.shutdown()
+        fp32_registry.shutdown()
         rows.append(continuous_batching_run(model, ids, args.streams, new, args.cb_timeout))
         print(rows[-1], flush=True)
 
         meta = {
-            "model": f"random MistralForCausalLM, {params / 1e6:.0f}M parameters, fp32",
+            "model": f"random MistralForCausalLM, {params / 1e6:.0f}M parameters, served in "
+            f"{loaded.dtype} (the engine's `auto` on this CPU; the baseline uses the same weights)",
             "machine": machine(),
             "prompt_tokens": str(len(ids)),
             "new_tokens": str(new),

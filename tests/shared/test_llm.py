@@ -27,6 +27,7 @@ from shared.llm import (
     encode_prefix,
     next_token_logprobs,
 )
+from shared.models import cpu_supports_bf16
 
 
 @pytest.fixture(scope="module")
@@ -240,7 +241,9 @@ def test_registry_shares_equal_specs(demo_models):
         assert torch.is_grad_enabled()  # loading and generating leave this thread's mode alone
         assert registry.get(ModelSpec(path)) is one
         assert registry.loaded(ModelSpec(path, dtype="float32")) is None  # another spec
-        assert one.demo and one.device == "cpu" and one.dtype == "float32"
+        # "auto": bf16 where this CPU computes in it natively, fp32 elsewhere.
+        assert one.demo and one.device == "cpu"
+        assert one.dtype == ("bfloat16" if cpu_supports_bf16() else "float32")
         assert len(registry.models()) == 1
     finally:
         registry.shutdown()
@@ -260,7 +263,9 @@ def test_memory_budget_evicts_the_least_recently_used_model(demo_models, tmp_pat
     for name in ("base", "company", "user"):
         shutil.copytree(source, tmp_path / name)
         specs[name] = ModelSpec(str(tmp_path / name))
-    size_gb = (source / "model.safetensors").stat().st_size / 2**30
+    # The file is fp32; "auto" may load bf16 (half of it), and the budget counts what is loaded.
+    file_gb = (source / "model.safetensors").stat().st_size / 2**30
+    size_gb = file_gb / 2 if cpu_supports_bf16() else file_gb
     # Room for two of the three models.
     registry = CausalLMRegistry(memory_budget_gb=2.5 * size_gb, device="cpu")
     try:

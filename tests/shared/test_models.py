@@ -13,6 +13,7 @@ from shared.errors import ModelLoadError
 from shared.models import (
     TRANSFORMERS_WEIGHTS,
     ModelSource,
+    cpu_supports_bf16,
     demo_info,
     find_lfs_pointers,
     is_lfs_pointer,
@@ -147,6 +148,10 @@ def test_select_device_cpu():
     assert (choice.device, choice.dtype) == ("cpu", "float32")
     assert choice.torch_dtype() is torch.float32
     assert select_device("cpu", "bfloat16").torch_dtype() is torch.bfloat16
+    # bf16 by default only when asked for and where the CPU computes in it natively.
+    native = select_device("cpu", cpu_bf16=True).dtype
+    assert native == ("bfloat16" if cpu_supports_bf16() else "float32")
+    assert select_device("cpu", "float32", cpu_bf16=True).dtype == "float32"
 
 
 def test_select_device_cuda_without_gpu():

@@ -17,9 +17,13 @@ from huggingface_hub.errors import ValidationError
 from openai import AuthenticationError, NotFoundError, OpenAI
 from pydantic import BaseModel, Field
 
+from shared.models import cpu_supports_bf16
+
 KEY = "test-secret"
 AUTH = {"Authorization": f"Bearer {KEY}"}
 TIERS = ["base", "company", "abstraction", "user"]
+# What dtype "auto" serves on this machine.
+AUTO_PRECISION = "bf16" if cpu_supports_bf16() else "fp32"
 
 
 @pytest.fixture(scope="module")
@@ -80,7 +84,7 @@ def test_health_lists_each_loaded_tier(space):
     assert "base" in loaded and set(health["models"]) == loaded
     assert sorted(health["not_loaded"]) == sorted(set(TIERS) - loaded)
     base = health["models"]["base"]
-    assert base["demo"] is True and base["precision"] == "fp32" and base["load_s"] > 0
+    assert base["demo"] is True and base["precision"] == AUTO_PRECISION and base["load_s"] > 0
     assert {"id", "revision", "device", "adapter", "shares_weights_with"} <= set(base)
 
 

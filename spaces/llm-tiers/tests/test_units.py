@@ -22,12 +22,15 @@ from shared.llm import (
     GenerationFailed,
     ModelSpec,
 )
+from shared.models import cpu_supports_bf16
 from shared.serving import Service
 from tiers import TierNotFound, TierRegistry, load_space_config
 from ui import tier_table
 
 SPACE_DIR = Path(__file__).resolve().parent.parent
 CONFIG = SPACE_DIR / "config.yaml"
+# What dtype "auto" serves on this machine.
+AUTO_PRECISION = "bf16" if cpu_supports_bf16() else "fp32"
 
 
 def test_config_env_overrides_and_sharing():
@@ -106,7 +109,7 @@ def test_tiers_share_one_model_and_report_it(generator):
     assert registry.sharing("base") == ["company", "abstraction", "user"]
     infos = generator.model_infos()
     assert set(infos) == {"base", "company", "abstraction", "user"}
-    assert infos["base"].precision == "fp32" and infos["base"].demo
+    assert infos["base"].precision == AUTO_PRECISION and infos["base"].demo
     assert generator.not_loaded() == []
     # The UI's table shows what /tiers says (a local folder has no revision).
     rows = generator.describe_tiers()
