@@ -1315,6 +1315,10 @@ class EngineLimits:
     max_total_tokens: int | None = None
 
 
+# Short precision names for torch dtype names.
+_PRECISION = {"float32": "fp32", "bfloat16": "bf16", "float16": "fp16"}
+
+
 @dataclass(eq=False)
 class LoadedModel:
     """Weights in memory, with the engine and grammar cache that serve them."""
@@ -1346,6 +1350,11 @@ class LoadedModel:
     _scoring: int = field(default=0, repr=False)
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
     _chars_per_token: int | None = field(default=None, repr=False)
+
+    @property
+    def precision(self) -> str:
+        """The dtype's short name, as ``/health`` reports it: ``fp32``, ``bf16`` or ``fp16``."""
+        return _PRECISION.get(self.dtype, self.dtype)
 
     @property
     def max_chars_per_token(self) -> int:

@@ -29,9 +29,6 @@ from tiers import TierConfig, TierRegistry
 
 logger = logging.getLogger(__name__)
 
-# /health's short precision names for torch dtypes.
-_PRECISION = {"float32": "fp32", "bfloat16": "bf16", "float16": "fp16"}
-
 
 @dataclass(frozen=True)
 class Prepared:
@@ -87,7 +84,7 @@ class TierGenerator:
                 id=loaded.model_id,
                 revision=loaded.revision,
                 device=loaded.device,
-                precision=_PRECISION.get(loaded.dtype, loaded.dtype),
+                precision=loaded.precision,
                 demo=loaded.demo is not None,
                 load_s=loaded.load_seconds,
                 extra={

@@ -229,7 +229,7 @@ def model_info(loaded: LoadedModel, demo: bool, **extra: Any) -> ModelInfo:
         id=loaded.model_id,
         revision=loaded.revision,
         device=loaded.device,
-        precision=loaded.dtype,
+        precision=loaded.precision,
         demo=demo,
         load_s=loaded.load_seconds,
         extra=extra,

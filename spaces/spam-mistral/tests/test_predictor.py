@@ -27,6 +27,7 @@ from predictor import (
 from shared.config import ConfigError, Override, read_yaml
 from shared.errors import InputError, ModelLoadError
 from shared.llm import GenerationResult, TokenEvent, next_token_logprobs
+from shared.models import cpu_supports_bf16
 from shared.serving import run_batch
 from tests.harness import DEMO_MODELS_DIR
 
@@ -55,6 +56,9 @@ def classifier(models) -> SpamClassifier:
 def test_one_copy_of_the_weights_serves_both(models):
     classifier, generator = models
     assert classifier.loaded is generator.loaded
+    # /health says "bf16" or "fp32", as every Space does, not torch's "bfloat16".
+    expected = "bf16" if cpu_supports_bf16() else "fp32"
+    assert classifier.info.precision == generator.info.precision == expected
 
 
 def test_a_message_cannot_close_its_delimiters():
