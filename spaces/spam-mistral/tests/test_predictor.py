@@ -202,6 +202,7 @@ def scripted(models, pieces: list[str]) -> tuple[ReplyGenerator, ScriptedEngine]
     class Loaded:
         tokenizer = loaded.tokenizer
         model_id, revision, device, dtype, load_seconds = "m", None, "cpu", "float32", 0.0
+        precision = "fp32"
 
     Loaded.engine = engine
     return ReplyGenerator(Loaded, load_personas(), demo_settings().generation), engine  # type: ignore[arg-type]
