@@ -1483,8 +1483,8 @@ class CausalLMRegistry:
             source, required=["config.json", TRANSFORMERS_WEIGHTS], token=self._token
         )
         # Generation is served in bf16 where the CPU computes in it natively: the weights are
-        # read once per decoded token, and bf16 halves them (1.9x tokens/s at one stream, 2.4x
-        # at eight, measured in benchmarks/results/llm-tiers.md).
+        # read once per decoded token, and bf16 halves them (1.5x tokens/s at one stream, 1.7x
+        # at eight, in the same run of benchmarks/results/llm-tiers.md).
         choice = select_device(self._device, spec.dtype, cpu_bf16=True)
         # Room is made before loading, from the checkpoint's size, so two models never overlap.
         self._make_room(_checkpoint_bytes(folder, choice.dtype))

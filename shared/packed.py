@@ -4,8 +4,9 @@ A decode step multiplies one token's activations by every weight matrix of the m
 bound by how fast the weights stream from memory. ``torch.nn.functional.linear`` reads a
 row-major weight through a generic GEMM path; the same weight reordered once into oneDNN's
 blocked layout (what ``torch.compile``'s weight freezing does on CPU) is read 2-3x faster for
-a few rows, and no slower for a prompt's hundreds (``benchmarks/llm_tiers/decode_probe.py``).
-The results are the same: oneDNN computes both.
+a few rows, and no slower for a prompt's hundreds: a bf16 decode step of the benchmark's 0.5B
+Mistral went from 78 to 53 ms (``benchmarks/llm_tiers/decode_probe.py``, notes in
+``benchmarks/results/llm-tiers.md``). The results are the same: oneDNN computes both.
 
 :func:`pack_linears` swaps each ``nn.Linear`` of a model for a :class:`PackedLinear` holding
 the reordered weight instead of the original, so the memory stays the same.
