@@ -40,7 +40,10 @@ O = TypeVar("O")  # noqa: E741 - a predictor's result
 # after every request unless told otherwise: 5.6 ms of CPU per request once 500 events are
 # recorded, 25 ms once 10,000 are (measured on the 2-core CPU these Spaces run on), taken from
 # the cores the model needs. /stats covers the same ground; refresh the summary every 1,000.
-GRADIO_ENV_DEFAULTS = {"GRADIO_ANALYTICS_CACHE_FREQUENCY": "1000"}
+# Gradio also asks matplotlib for its backend around every call; with matplotlib left to pick
+# one, that first question imports pyplot (1.8 s here, on the event loop: /health waited 1.6-1.9
+# s behind a Space's first Gradio call). A server draws headless, so name the backend: `agg`.
+GRADIO_ENV_DEFAULTS = {"GRADIO_ANALYTICS_CACHE_FREQUENCY": "1000", "MPLBACKEND": "agg"}
 
 
 def configure_gradio() -> None:
@@ -874,7 +877,21 @@ def launch(app: Any, service: Service[Any], *, host: str, port: int) -> None:
         level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
     service.start_loading()
+    warm_gradio()
     serve(app, host=host, port=port)
+
+
+def warm_gradio() -> None:
+    """Pay, before the server listens, for what Gradio imports lazily on its first call.
+
+    Gradio enters ``MatplotlibBackendMananger`` around every event, which imports matplotlib
+    the first time (0.6 s here even with ``MPLBACKEND=agg``) on the event loop, where
+    ``/health`` and every other request wait for it.
+    """
+    from gradio.utils import MatplotlibBackendMananger
+
+    with MatplotlibBackendMananger():
+        pass
 
 
 def describe_validation(exc: Any) -> str:

@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 import threading
 import time
+from pathlib import Path
 
 import gradio as gr
 import pytest
@@ -362,6 +365,30 @@ def test_configure_gradio_makes_the_queue_refresh_analytics_rarely(monkeypatch):
     monkeypatch.setenv("GRADIO_ANALYTICS_CACHE_FREQUENCY", "7")
     configure_gradio()
     assert os.environ["GRADIO_ANALYTICS_CACHE_FREQUENCY"] == "7"
+
+
+def test_warm_gradio_leaves_nothing_for_the_first_call_to_import():
+    # Gradio enters MatplotlibBackendMananger around every call on the event loop; its first
+    # entry imported matplotlib and pyplot there (1.8 s, /health waiting behind it). After the
+    # Space's startup (configure_gradio, then warm_gradio in launch) it must import nothing.
+    script = """
+import sys
+from shared.serving import configure_gradio, warm_gradio
+configure_gradio()
+from gradio.utils import MatplotlibBackendMananger
+warm_gradio()
+before = set(sys.modules)
+with MatplotlibBackendMananger():
+    pass
+print(sorted(set(sys.modules) - before))
+print("matplotlib.pyplot" in sys.modules)
+"""
+    env = {k: v for k, v in os.environ.items() if k != "MPLBACKEND"}
+    out = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, env=env,
+        cwd=Path(__file__).resolve().parents[2], check=True, timeout=120,
+    ).stdout.splitlines()  # fmt: skip
+    assert out == ["[]", "False"]
 
 
 class Overloaded(RuntimeError):
