@@ -72,6 +72,12 @@ def machine() -> dict[str, str]:
                 break
     except OSError:
         pass
+    # The same "AMD EPYC" has come with AVX-512 + bf16 on some days and AVX2 only on others:
+    # figures from the two are not comparable, so the vector ISA is part of the machine.
+    from shared.models import cpu_supports_bf16
+
+    isa = torch.backends.cpu.get_cpu_capability()
+    cpu += f" ({isa}{', native bf16' if cpu_supports_bf16() else ', no native bf16'})"
     return {"cpu": cpu, "cores": str(len(os.sched_getaffinity(0))), "torch": torch.__version__}
 
 

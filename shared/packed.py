@@ -24,7 +24,8 @@ logger = logging.getLogger(__name__)
 
 
 def can_pack(model: torch.nn.Module) -> bool:
-    """True when ``model`` is on the CPU in fp32 or bf16 and this torch has oneDNN's ops."""
+    """True when ``model`` is on the CPU in fp32, or in bf16 on a CPU where oneDNN has a bf16
+    path, and this torch has oneDNN's ops."""
     try:
         weight = next(model.parameters())
     except StopIteration:
@@ -35,6 +36,9 @@ def can_pack(model: torch.nn.Module) -> bool:
         and torch.backends.mkldnn.is_available()
         and hasattr(torch.ops.mkldnn, "_reorder_linear_weight")
         and hasattr(torch.ops.mkldnn, "_linear_pointwise")
+        # oneDNN's bf16 reorder needs AVX-512 (BW, VL, DQ) or AVX-NE-CONVERT; on an AVX2-only
+        # CPU it raises, and an explicitly requested bf16 model stays unpacked.
+        and (weight.dtype != torch.bfloat16 or torch.ops.mkldnn._is_mkldnn_bf16_supported())
     )
 
 
