@@ -250,22 +250,24 @@ class DeviceChoice:
 
 
 @lru_cache(maxsize=1)
+def _cpu_flags() -> set[str]:
+    """The CPU's feature flags as Linux lists them (empty where /proc/cpuinfo is not there)."""
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return set()
+    return {flag for line in text.splitlines() if line.startswith("flags")
+            for flag in line.split(":", 1)[1].split()}  # fmt: skip
+
+
 def cpu_supports_bf16() -> bool:
     """True when this CPU has native bf16 arithmetic (AVX-512 BF16 or AMX)."""
-    try:
-        flags = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return False
-    return "avx512_bf16" in flags or "amx_bf16" in flags
+    return not _cpu_flags().isdisjoint({"avx512_bf16", "amx_bf16"})
 
 
 def cpu_supports_vnni() -> bool:
     """True when this CPU has VNNI int8 dot products (AVX-512 VNNI or AVX-VNNI)."""
-    try:
-        flags = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return False
-    return "avx512_vnni" in flags or "avx_vnni" in flags
+    return not _cpu_flags().isdisjoint({"avx512_vnni", "avx_vnni"})
 
 
 def select_device(
