@@ -250,14 +250,14 @@ class DeviceChoice:
 
 
 @lru_cache(maxsize=1)
-def _cpu_flags() -> set[str]:
+def _cpu_flags() -> frozenset[str]:
     """The CPU's feature flags as Linux lists them (empty where /proc/cpuinfo is not there)."""
     try:
         text = Path("/proc/cpuinfo").read_text()
     except OSError:
-        return set()
-    return {flag for line in text.splitlines() if line.startswith("flags")
-            for flag in line.split(":", 1)[1].split()}  # fmt: skip
+        return frozenset()
+    return frozenset(flag for line in text.splitlines() if line.startswith("flags")
+                     for flag in line.split(":", 1)[1].split())  # fmt: skip
 
 
 def cpu_supports_bf16() -> bool:

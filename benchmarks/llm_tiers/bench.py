@@ -24,7 +24,6 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import logging
-import os
 import platform
 import resource
 import shlex
@@ -44,6 +43,7 @@ sys.path.insert(0, str(ROOT))
 import torch  # noqa: E402
 
 from benchmarks.models import build_random_mistral  # noqa: E402
+from benchmarks.models import machine as models_machine  # noqa: E402
 from shared.llm import CausalLMRegistry, GenerationRequest, LoadedModel, ModelSpec  # noqa: E402
 from tiers import TierRegistry, load_space_config  # noqa: E402
 
@@ -187,16 +187,10 @@ def table(rows: list[Row], meta: dict[str, str]) -> str:
 
 
 def machine() -> str:
-    """The CPU's model name and core count, e.g. ``AMD EPYC 7R13, 2 CPU cores (x86_64)``."""
-    name = platform.processor() or "unknown CPU"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                name = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return f"{name}, {os.cpu_count()} CPU cores ({platform.machine()})"
+    """The CPU, its vector ISA and core count, e.g. ``AMD EPYC (AVX512, native bf16), 2 CPU
+    cores (x86_64)``: whether bf16 is native decides this table."""
+    meta = models_machine()
+    return f"{meta['cpu']}, {meta['cores']} CPU cores ({platform.machine()})"
 
 
 def write_results(text: str, command: str, path: Path = RESULTS) -> None:
