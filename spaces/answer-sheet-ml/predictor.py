@@ -2,9 +2,10 @@
 
 decode (``shared.documents``) -> deskew (projection profiles, up to ±``max_skew`` degrees) ->
 orientation (the page is portrait: upright or upside down, or sideways one way or the other;
-the detector's confidence decides between the two candidates) -> detect the two fields (YOLO,
-ONNX) -> crop -> read (CRNN, greedy CTC with the field's alphabet) -> validate (the exam type's
-regular expressions) -> ``needs_review`` when a field is missing, breaks its rule or is under its
+the detector's confidence decides, and when it is unsure the readings of the two best turns do)
+-> detect the two fields (YOLO, ONNX) -> snap each box's ends to its row of boxes -> crop ->
+read (CRNN, greedy CTC with the field's alphabet) -> validate (the exam type's regular
+expressions) -> ``needs_review`` when a field is missing, breaks its rule or is under its
 calibrated confidence threshold.
 
 Models are ONNX files (the shipped ones) or the team's PyTorch weights: an Ultralytics ``.pt``
@@ -24,7 +25,7 @@ import tempfile
 import threading
 import time
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Literal
 
@@ -50,8 +51,10 @@ PAGES = ("first", "all")
 # Slack added around a detected box, in box heights. The reader was trained on crops with 0.05
 # to 0.5 box heights beyond each end of the row (0.03 to 0.27 above and below), and the
 # detector's ends land up to a third of a box height inside the row: 0.45 at the ends keeps
-# the first and last characters whole.
+# the first and last characters whole. A box whose ends were snapped onto the row's ends
+# (``snap_to_row``, within a few hundredths of a height) gets the middle of the trained range.
 _PAD_ENDS = 0.45
+_PAD_SNAPPED = 0.25
 _PAD_SIDES = 0.15
 
 
@@ -272,6 +275,21 @@ class Detection:
     field: str
     confidence: float
     box: tuple[float, float, float, float]  # (x0, y0, x1, y1) in the image's pixels
+    snapped: bool = False  # the ends moved onto the row's ruled line (snap_to_row)
+
+
+@dataclass(frozen=True)
+class Orientation:
+    """One quarter turn of the straightened page and what the detector found on it."""
+
+    page: np.ndarray  # the page turned (RGB)
+    turn: int  # degrees counter-clockwise: 0, 90, 180, 270
+    found: dict[str, list[Detection]]  # candidate boxes per field, best first
+
+    @property
+    def score(self) -> float:
+        """The sum of each field's best detection score."""
+        return sum(c[0].confidence for c in self.found.values())
 
 
 #: Class names other detectors give the fields (the team's own weights).
@@ -409,6 +427,69 @@ class Reader:
         return [greedy_decode(out[i], a) for i, a in enumerate(alphabets)]
 
 
+def snap_to_row(gray: np.ndarray, box: Sequence[float]) -> tuple[float, float, float, float]:
+    """The detected box with its ends moved onto the ends of the row of boxes it lies on.
+
+    A detector's box often ends inside the row, cutting off the first or last character (CTC
+    then drops it, with no low confidence to show for it). Every box style has a ruled line
+    along the bottom of the row (a comb's spine, the boxes' lower sides) and a wall at each
+    end. The line's extent, found by a morphological opening with a horizontal line longer than
+    a character's strokes, is where the row begins and ends, trimmed to the outermost walls
+    (a pen stroke can run on from the line). Rules much longer than the box (a table's, a ruled
+    answer line) are left out; the box keeps its ends when no line runs along its bottom.
+    """
+    x0, y0, x1, y1 = (float(v) for v in box)
+    h = y1 - y0
+    if h < 6 or x1 - x0 < h:
+        return x0, y0, x1, y1
+    rows, cols = gray.shape[:2]
+    top, bottom = max(0, int(y1 - 0.6 * h)), min(rows, math.ceil(y1 + 0.35 * h))
+    left, right = max(0, int(x0 - 2.5 * h)), min(cols, math.ceil(x1 + 2.5 * h))
+    patch = gray[top:bottom, left:right]
+    if patch.size == 0:
+        return x0, y0, x1, y1
+    _, ink = cv2.threshold(patch, 0, 255, cv2.THRESH_BINARY_INV | cv2.THRESH_OTSU)
+    band = ink[max(0, int(y1 - 0.35 * h) - top) :]  # around the bottom line
+    lines = cv2.morphologyEx(band, cv2.MORPH_OPEN, np.ones((1, max(3, round(0.6 * h))), np.uint8))
+    _, labels, stats, _ = cv2.connectedComponentsWithStats(lines, connectivity=8)
+    long = np.flatnonzero(stats[:, cv2.CC_STAT_WIDTH] > (x1 - x0) + 3 * h)
+    covered = (lines > 0) & ~np.isin(labels, long[long > 0])
+    columns = np.flatnonzero(covered.any(axis=0))
+    # Runs of ruled columns, bridging the gaps between separate boxes (up to 0.45 heights).
+    runs: list[list[int]] = []
+    for x in columns:
+        if runs and x - runs[-1][1] <= 0.45 * h:
+            runs[-1][1] = int(x)
+        else:
+            runs.append([int(x), int(x)])
+    if not runs:
+        return x0, y0, x1, y1
+    a, b = x0 - left, x1 - left
+    start, end = max(runs, key=lambda r: min(r[1], b) - max(r[0], a))
+    if min(end, b) - max(start, a) < 0.6 * (b - a):  # the line is not this box's row
+        return x0, y0, x1, y1
+    # The walls: vertical strokes at least 0.4 heights tall in the row's lower part (a comb's
+    # teeth are under half a box tall; labels beside the row stay shorter than that there).
+    walls = cv2.morphologyEx(
+        ink[: max(1, round(y1 - top))],
+        cv2.MORPH_OPEN,
+        np.ones((max(3, round(0.4 * h)), 1), np.uint8),
+    )
+    inner = start + np.flatnonzero(walls[:, start : end + 1].any(axis=0))
+    if len(inner):
+        start = int(inner[0]) if inner[0] - start <= 1.5 * h else start
+        end = int(inner[-1]) if end - inner[-1] <= 1.5 * h else end
+    if start - a < -2 * h or end - b > 2 * h:  # it runs on past the row: not a row's line
+        return x0, y0, x1, y1
+    return float(left + start), y0, float(left + end + 1), y1
+
+
+def snap_detection(gray: np.ndarray, det: Detection) -> Detection:
+    """The detection with its ends on its row's ends (:func:`snap_to_row`) when they moved."""
+    box = snap_to_row(gray, det.box)
+    return det if box == tuple(det.box) else replace(det, box=box, snapped=True)
+
+
 # --- orientation -------------------------------------------------------------------------------
 
 
@@ -531,6 +612,15 @@ class PageResult:
     def needs_review(self) -> bool:
         """A field is missing, breaks its rule, or is under its confidence threshold."""
         return not all(f.accepted for f in self.fields.values())
+
+    @property
+    def reading_score(self) -> tuple[int, float]:
+        """How well the page read: fields following their rule, then the sum of the fields'
+        confidences (comparing turns of one page)."""
+        return (
+            sum(f.valid for f in self.fields.values()),
+            sum(f.confidence for f in self.fields.values()),
+        )
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -699,9 +789,9 @@ class SheetReader:
             models={k: v.to_json() for k, v in self.files.items()},
         )
 
-    def orient(self, rgb: np.ndarray) -> tuple[np.ndarray, int, float, dict[str, list[Detection]]]:
-        """Deskew, then choose the quarter turn whose best detections score best; returns the
-        corrected page, the quarter turn, the deskew angle and the candidate boxes on it."""
+    def orient(self, rgb: np.ndarray) -> tuple[list[Orientation], float]:
+        """Deskew, then try quarter turns until one finds both fields confidently; returns the
+        turns tried, best detection score first, and the deskew angle."""
         gray = cv2.cvtColor(rgb, cv2.COLOR_RGB2GRAY)
         angle = estimate_skew(gray, self.settings.max_skew)
         straight = rotate(rgb, -angle)
@@ -710,27 +800,43 @@ class SheetReader:
         # other; the other two turns are tried only when neither finds both fields (a photo
         # with a wide margin around the sheet).
         likely, unlikely = ((90, 270), (0, 180)) if w > h else ((0, 180), (90, 270))
-        best: tuple[float, np.ndarray, int, dict[str, list[Detection]]] | None = None
+        tried: list[Orientation] = []
         for turn in (*likely, *unlikely):
-            if turn == unlikely[0] and best is not None and len(best[3]) == len(FIELDS):
+            if turn == unlikely[0] and len(max(tried, key=lambda o: o.score).found) == len(FIELDS):
                 break
             page = quarter_turn(straight, turn)
             found = self.detector.candidates(page, self.settings.detector_confidence)
-            score = sum(c[0].confidence for c in found.values())
-            if best is None or score > best[0]:
-                best = (score, page, turn, found)
+            tried.append(Orientation(page, turn, found))
             if (
                 len(found) == len(FIELDS)
                 and min(c[0].confidence for c in found.values())
                 >= self.settings.orientation_confidence
             ):
                 break
-        assert best is not None
-        _, page, turn, found = best
-        return page, turn, -angle, found
+        return sorted(tried, key=lambda o: -o.score), -angle
 
     def read_page(self, rgb: np.ndarray, number: int, rules: Mapping[str, FieldRule]) -> PageResult:
         """Orient, detect, read and validate the fields of one page.
+
+        The turn whose detections score best is read. When the first turn tried (upright, or
+        sideways for a landscape image) was not found confidently, so that other turns were
+        tried, the runner-up is read as well, and the turn whose readings follow more rules,
+        then are more confident, is kept: on layouts unlike its training sheets the detector can
+        score a page upside down above the page upright, but the reader cannot read the
+        characters upside down.
+        """
+        tried, deskew = self.orient(rgb)
+        best = self._read_turn(tried[0], number, deskew, rules)
+        if len(tried) > 1 and tried[1].found:
+            other = self._read_turn(tried[1], number, deskew, rules)
+            if other.reading_score > best.reading_score:
+                return other
+        return best
+
+    def _read_turn(
+        self, turned: Orientation, number: int, deskew: float, rules: Mapping[str, FieldRule]
+    ) -> PageResult:
+        """Read and validate the fields on one turn of the page.
 
         Each field is read from its best box; when that reading breaks the field's rule, the
         field's next boxes are read too, and the first one whose reading follows the rule (and
@@ -738,8 +844,11 @@ class SheetReader:
         number row above the field, and the rule tells them apart where the few-pixel labels
         cannot.
         """
-        page, turn, deskew, candidates = self.orient(rgb)
+        page, turn = turned.page, turned.turn
         gray = cv2.cvtColor(page, cv2.COLOR_RGB2GRAY)
+        candidates = {
+            name: [snap_detection(gray, d) for d in found] for name, found in turned.found.items()
+        }
         best = {name: c[0] for name, c in candidates.items()}
         readings = self._read(gray, list(best.values()), rules)
         chosen = {name: (best[name], readings[i]) for i, name in enumerate(best)}
@@ -785,7 +894,8 @@ class SheetReader:
         crops: list[np.ndarray | None] = []
         for det in boxes:
             x0, y0, x1, y1 = det.box
-            px, py = (y1 - y0) * _PAD_ENDS, (y1 - y0) * _PAD_SIDES
+            px = (y1 - y0) * (_PAD_SNAPPED if det.snapped else _PAD_ENDS)
+            py = (y1 - y0) * _PAD_SIDES
             crop = gray[
                 max(0, int(y0 - py)) : min(h, math.ceil(y1 + py)),
                 max(0, int(x0 - px)) : min(w, math.ceil(x1 + px)),

@@ -25,14 +25,18 @@ from torch import nn
 from tqdm import tqdm
 
 SPACE = Path(__file__).resolve().parents[1]
-sys.path[:0] = [str(SPACE), str(SPACE / "training")]
+sys.path[:0] = [str(SPACE), str(SPACE / "training"), str(SPACE.parents[1])]
 
 import sheets  # noqa: E402
 
 from crnn import CRNN, export_onnx  # noqa: E402
 from ctc import ALPHABET, DIGITS_ONLY, DOWNSAMPLE, HEIGHT, MAX_WIDTH, greedy_decode  # noqa: E402
+from shared.models import cpu_supports_bf16  # noqa: E402
 
 CACHE = SPACE.parents[1] / "build" / "answer-sheet"
+#: bf16 autocast where the CPU computes bf16 natively; elsewhere it is emulated and several
+#: times slower than fp32, so fp32 (the weights differ a little between the two).
+BF16 = cpu_supports_bf16()
 ALLOWED = {"register_number": DIGITS_ONLY, "subject_code": ALPHABET}
 
 
@@ -101,7 +105,7 @@ def evaluate(model: CRNN, data: dict[str, np.ndarray]) -> dict[str, float]:
     model.eval()
     hits: dict[str, list[bool]] = {k: [] for k in ALLOWED}
     for index in batches(data["widths"], 128, random.Random(0)):
-        with torch.autocast("cpu", dtype=torch.bfloat16):
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=BF16):
             out = model(tensor(data, index)).float().numpy()
         for row, i in enumerate(index):
             kind = str(data["kinds"][i])
@@ -144,7 +148,7 @@ def main(argv: list[str] | None = None) -> None:
         for epoch in range(args.epochs):
             for index in batches(train["widths"], args.batch_size, rng):
                 x = tensor(train, index)
-                with torch.autocast("cpu", dtype=torch.bfloat16):
+                with torch.autocast("cpu", dtype=torch.bfloat16, enabled=BF16):
                     out = model(x)  # (batch, time, classes)
                 log_probs = out.float().transpose(0, 1)  # (time, batch, classes)
                 labels, lengths = targets(train["texts"][index])
@@ -174,6 +178,7 @@ def main(argv: list[str] | None = None) -> None:
     report = {
         "minutes": round((time.monotonic() - started) / 60, 1),
         "args": vars(args) | {"out": str(args.out), "cache": str(args.cache)},
+        "autocast": "bfloat16" if BF16 else "off (float32)",
         "history": history,
     }
     (args.cache / "reader-training.json").write_text(json.dumps(report, indent=2))
