@@ -32,9 +32,14 @@ ExamType = Annotated[
 #: ``exam_type`` as a form field beside the file (the query parameter wins).
 ExamTypeForm = Annotated[str | None, Form(alias="exam_type", max_length=64)]
 Pages = Annotated[
-    Literal["first", "all"],
-    Query(description="first: read the first page only; all: read each page as its own sheet."),
+    Literal["first", "all"] | None,
+    Query(
+        description="first (the default): read the first page only; all: read each page as "
+        "its own sheet."
+    ),
 ]
+#: ``pages`` as a form field beside the file (the query parameter wins).
+PagesForm = Annotated[Literal["first", "all"] | None, Form(alias="pages")]
 
 
 def no_file(request: Request) -> InputError:
@@ -62,7 +67,8 @@ def add_routes(app: FastAPI, service: Service[SheetReader]) -> None:
         file: SheetFile = None,
         exam_type: ExamType = None,
         exam_type_form: ExamTypeForm = None,
-        pages: Pages = "first",
+        pages: Pages = None,
+        pages_form: PagesForm = None,
     ) -> dict[str, Any]:
         """Register number and subject code of an answer sheet (the first page, or each page
         with ``pages=all``), with per-character confidences, boxes, validity and
@@ -72,8 +78,9 @@ def add_routes(app: FastAPI, service: Service[SheetReader]) -> None:
             if file is None:
                 raise no_file(request)
             data = file.file.read()
-            result = model.extract(data, exam_type=exam_type or exam_type_form, pages=pages)
-            return result.to_json(pages)
+            which = pages or pages_form or "first"
+            result = model.extract(data, exam_type=exam_type or exam_type_form, pages=which)
+            return result.to_json(which)
 
     @app.get("/status", tags=["service"])
     def status() -> dict[str, Any]:

@@ -66,10 +66,13 @@ def test_extract_reads_every_page_of_a_pdf_when_asked(space):
     form = httpx.post(
         f"{space.url}/extract",
         files={"file": ("s.pdf", (EXAMPLES / "two-sheets.pdf").read_bytes())},
-        data={"exam_type": "any"},
+        data={"exam_type": "any", "pages": "all"},
         timeout=60,
     )
     assert form.status_code == 200 and form.json()["exam_type"] == "any"
+    assert [p["page"] for p in form.json()["pages"]] == [1, 2]  # form fields work as the query
+    wrong = post(space, "two-sheets.pdf", pages="some")
+    assert wrong.status_code == 422
 
 
 @pytest.mark.parametrize(
