@@ -846,10 +846,8 @@ class SheetReader:
         """
         page, turn = turned.page, turned.turn
         gray = cv2.cvtColor(page, cv2.COLOR_RGB2GRAY)
-        candidates = {
-            name: [snap_detection(gray, d) for d in found] for name, found in turned.found.items()
-        }
-        best = {name: c[0] for name, c in candidates.items()}
+        candidates = turned.found  # snapped only when read: most pages read just the best
+        best = {name: snap_detection(gray, c[0]) for name, c in candidates.items()}
         readings = self._read(gray, list(best.values()), rules)
         chosen = {name: (best[name], readings[i]) for i, name in enumerate(best)}
         for name, (_, reading) in list(chosen.items()):
@@ -857,7 +855,7 @@ class SheetReader:
                 continue
             others = [
                 c
-                for c in candidates[name][1:]
+                for c in (snap_detection(gray, d) for d in candidates[name][1:])
                 if all(box_iou(c.box, d.box) <= 0.5 for n, (d, _) in chosen.items() if n != name)
             ]
             for alt, alt_reading in zip(others, self._read(gray, others, rules), strict=True):

@@ -79,11 +79,10 @@ def test_turned_sheets_are_turned_back(reader, name):
         assert body[field]["box"] is not None
 
 
-def test_a_close_call_between_turns_is_settled_by_reading_them(monkeypatch):
+def test_a_close_call_between_turns_is_settled_by_reading_them(reader, monkeypatch):
     # A detector that, as on layouts unlike its training sheets, scores the upside-down page
     # above the upright one: the upright page's readings follow the rules, the upside-down
     # page's do not, so the page is read upright.
-    reader = SheetReader.load(load_settings(CONFIG_PATH))
     real = reader.detector.candidates
     upright_page = {}
 
