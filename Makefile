@@ -76,7 +76,13 @@ bench-answer-sheet: setup
 bench-toxic: setup
 	$(PY) -m benchmarks.toxic_classifier.bench $(BENCH_ARGS)
 
-bench-llm: setup
+# llama.cpp runs beside the engine: the bench-llm group builds llama-cpp-python from source once
+# (about 10-30 minutes on 2 cores); --inexact keeps the rest of the environment as it is.
+$(VENV)/.bench-llm: $(VENV)/.synced
+	$(UV) sync --frozen --inexact --group bench-llm
+	@touch $@
+
+bench-llm: setup $(VENV)/.bench-llm
 	$(PY) benchmarks/llm_tiers/bench.py --write $(BENCH_ARGS)
 
 bench-spam: setup

@@ -9,6 +9,9 @@ four tiers through the Space's own registry (they share the weights), and measur
   batching, one request at a time (Gradio's default ``concurrency_limit=1``),
 - transformers' own continuous batching (``model.generate_batch``) on 8 prompts, to show
   whether it fits this CPU,
+- llama.cpp (llama-cpp-python, when the ``bench-llm`` dependency group is installed, as
+  ``make bench-llm`` does) on the same checkpoint converted to GGUF f32, bf16 and Q8_0, fed the
+  same token ids at 1 and 8 streams (``llamacpp.py``),
 - peak RSS with all four tiers loaded.
 
 Every request generates exactly ``--new-tokens`` tokens (end-of-sequence ignored) from the same
@@ -42,6 +45,7 @@ sys.path.insert(0, str(ROOT))
 
 import torch  # noqa: E402
 
+from benchmarks.llm_tiers import llamacpp  # noqa: E402
 from benchmarks.models import build_random_mistral  # noqa: E402
 from benchmarks.models import machine as models_machine  # noqa: E402
 from shared.llm import CausalLMRegistry, GenerationRequest, LoadedModel, ModelSpec  # noqa: E402
@@ -124,6 +128,14 @@ def baseline_run(pipe: object, n: int, new: int) -> Row:
     # Requests queue behind each other: the k-th waits for all before it.
     ttft = latencies[0] if n == 1 else None
     return Row('baseline: pipeline("text-generation")', n, ttft, n * new / wall)
+
+
+def llamacpp_run(gguf: Path, outtype: str, ids: tuple[int, ...], streams: int, new: int) -> Row:
+    """llama.cpp on ``gguf``: ``streams`` sequences prefilled together, then batched decoding."""
+    found = llamacpp.measure(gguf, ids, streams, new, torch.get_num_threads())
+    gbs = found["model_bytes"] * found["steps_per_s"] / 1e9
+    name = f"llama.cpp {outtype} (llama-cpp-python {llamacpp.installed_version()})"
+    return Row(name, streams, found["ttft_s"], found["tokens_per_s"], decode_gbs=gbs)
 
 
 def continuous_batching_run(model: object, ids: tuple[int, ...], n: int, new: int,
@@ -222,6 +234,13 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=2, help="runs per configuration (best kept)")
     parser.add_argument("--streams", type=int, default=8, help="concurrent streams")
     parser.add_argument("--cb-timeout", type=float, default=150, help="seconds for generate_batch")
+    parser.add_argument(
+        "--gguf",
+        nargs="*",
+        default=["f32", "bf16", "q8_0"],
+        choices=["f32", "bf16", "q8_0"],
+        help="llama.cpp rows: the GGUF types to convert to and run (none: skip)",
+    )
     parser.add_argument("--write", action="store_true", help=f"update {RESULTS.relative_to(ROOT)}")
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
@@ -242,10 +261,12 @@ def main() -> None:
             registry.get(name)
         rss = rss_peak_mb()
         loaded = registry.get("base")
-        # The same weights in fp32 (the default before bf16 where the CPU has it), beside it.
-        fp32_registry = CausalLMRegistry(device="cpu")
-        fp32 = fp32_registry.get(ModelSpec(str(folder), dtype="float32"))
-        fp32_name = f"{ENGINE}, fp32"
+        # The same weights in the other precision (fp32 where the CPU has native bf16 and
+        # `auto` picks bf16; bf16 where it does not), beside it.
+        other_dtype = "float32" if loaded.dtype == "bfloat16" else "bfloat16"
+        other_registry = CausalLMRegistry(device="cpu")
+        other = other_registry.get(ModelSpec(str(folder), dtype=other_dtype))
+        other_name = f"{ENGINE}, {other.precision}"
         tokenizer = loaded.tokenizer
         ids = tuple(tokenizer(PROMPT)["input_ids"])
         new = args.new_tokens
@@ -256,29 +277,44 @@ def main() -> None:
         pipe = pipeline("text-generation", model=model, tokenizer=tokenizer, device="cpu")
         # Warm up (first calls allocate and pick kernels).
         engine_run([loaded], ids, 4)
-        engine_run([fp32], ids, 4)
+        engine_run([other], ids, 4)
         baseline_run(pipe, 1, 4)
         # The 8 streams spread over the tiers (one engine: they share the weights).
         streams = [registry.get(tier) for tier in (tiers * args.streams)[: args.streams]]
+        llama_runs = {}
+        if args.gguf and llamacpp.installed_version() is None:
+            print("llama-cpp-python is not installed: no llama.cpp rows (make bench-llm "
+                  "installs it)", flush=True)  # fmt: skip
+        elif args.gguf:
+            for outtype in args.gguf:
+                t = time.perf_counter()
+                gguf = llamacpp.convert(folder, outtype, folder / f"model-{outtype}.gguf")
+                print(f"converted to {gguf.name} in {time.perf_counter() - t:.0f}s", flush=True)
+                for n, suffix in ((1, "1"), (args.streams, "n")):
+                    llama_runs[f"llamacpp-{outtype}-{suffix}"] = lambda g=gguf, o=outtype, n=n: (
+                        llamacpp_run(g, o, ids, n, new)
+                    )
         # Configurations alternate and each keeps its best of --repeats runs, so a burst of load
         # from other processes on a shared machine does not land on one side only.
         runs: dict[str, list[Row]] = {}
         for _ in range(args.repeats):
             for key, run in (
                 ("engine-1", lambda: engine_run([loaded], ids, new)),
-                ("fp32-1", lambda: engine_run([fp32], ids, new, fp32_name)),
+                ("other-1", lambda: engine_run([other], ids, new, other_name)),
                 ("baseline-1", lambda: baseline_run(pipe, 1, new)),
                 ("engine-n", lambda: engine_run(streams, ids, new)),
-                ("fp32-n", lambda: engine_run([fp32] * args.streams, ids, new, fp32_name)),
+                ("other-n", lambda: engine_run([other] * args.streams, ids, new, other_name)),
                 ("baseline-n", lambda: baseline_run(pipe, args.streams, new)),
+                *llama_runs.items(),
             ):
                 runs.setdefault(key, []).append(run())
                 print(runs[key][-1], flush=True)
         best = {key: max(found, key=lambda r: r.tokens_per_s) for key, found in runs.items()}
-        order = ("engine-1", "engine-n", "fp32-1", "fp32-n", "baseline-1", "baseline-n")
+        order = ("engine-1", "engine-n", "other-1", "other-n", *llama_runs,
+                 "baseline-1", "baseline-n")  # fmt: skip
         rows = [best[key] for key in order]
         registry.shutdown()
-        fp32_registry.shutdown()
+        other_registry.shutdown()
         rows.append(continuous_batching_run(model, ids, args.streams, new, args.cb_timeout))
         print(rows[-1], flush=True)
 

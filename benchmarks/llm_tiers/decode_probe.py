@@ -1,10 +1,11 @@
 """Time one decode step of the benchmark's model in each way torch can run it on this CPU.
 
 The question it answers for the engine: which forward (eager fp32 or bf16; with oneDNN-packed
-linear weights, ``shared.packed``; ``torch.compile`` with inductor's weight freezing, with or
-without ``max_autotune``) reads the weights fastest per decode step, at what compile cost, and
-whether that survives the engine's real calls (an attention mask, batch sizes changing between
-steps). It times the model alone, not the engine.
+linear weights, ``shared.packed``; fbgemm's dynamic int8 linears; ``torch.compile`` with
+inductor's weight freezing, with or without ``max_autotune``) reads the weights fastest per
+decode step, at what compile cost, and whether that survives the engine's real calls (an
+attention mask, batch sizes changing between steps). It times the model alone, not the engine.
+The GB/s it prints are the fp32 or bf16 weights' bytes over the step, whatever the forward holds.
 
     .venv/bin/python benchmarks/llm_tiers/decode_probe.py --forward eager --dtype bfloat16
     .venv/bin/python benchmarks/llm_tiers/decode_probe.py --forward autotune --mask --batches 1 3 8
@@ -29,7 +30,7 @@ import torch  # noqa: E402
 from benchmarks.models import build_random_mistral  # noqa: E402
 from shared.packed import pack_linears  # noqa: E402
 
-FORWARDS = ("eager", "packed", "compile", "autotune")
+FORWARDS = ("eager", "packed", "int8", "compile", "autotune")
 
 
 def forward_of(model: torch.nn.Module, kind: str) -> torch.nn.Module:
@@ -40,6 +41,10 @@ def forward_of(model: torch.nn.Module, kind: str) -> torch.nn.Module:
     if kind == "packed":
         pack_linears(model)
         return model
+    if kind == "int8":
+        # fbgemm's dynamic int8 linears: int8 weights, each input quantized with one scale for
+        # the whole tensor (so a row's result depends on the other rows of its batch).
+        return torch.ao.quantization.quantize_dynamic(model, {torch.nn.Linear}, torch.qint8)
     options = {"freezing": True, "max_autotune": kind == "autotune"}
     return torch.compile(model, dynamic=True, options=options)  # type: ignore[return-value]
 
