@@ -77,7 +77,7 @@ bench-toxic: setup
 	$(PY) -m benchmarks.toxic_classifier.bench $(BENCH_ARGS)
 
 # llama.cpp runs beside the engine: the bench-llm group builds llama-cpp-python from source once
-# (about 10-30 minutes on 2 cores); --inexact keeps the rest of the environment as it is.
+# (about 11 minutes on 2 cores); --inexact keeps the rest of the environment as it is.
 $(VENV)/.bench-llm: $(VENV)/.synced
 	$(UV) sync --frozen --inexact --group bench-llm
 	@touch $@

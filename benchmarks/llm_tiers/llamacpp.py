@@ -24,9 +24,11 @@ import argparse
 import hashlib
 import io
 import json
+import shutil
 import subprocess
 import sys
 import tarfile
+import tempfile
 import time
 from importlib import metadata
 from pathlib import Path
@@ -60,21 +62,36 @@ def converter_source(version: str) -> Path:
 
     lock = tomllib.loads((ROOT / "uv.lock").read_text(encoding="utf-8"))
     sdist = next(
-        p["sdist"]
-        for p in lock["package"]
-        if p["name"] == "llama-cpp-python" and p["version"] == version
+        (
+            p["sdist"]
+            for p in lock["package"]
+            if p["name"] == "llama-cpp-python" and p["version"] == version
+        ),
+        None,
     )
+    if sdist is None:
+        raise RuntimeError(
+            f"llama-cpp-python {version} is installed but uv.lock pins another version: "
+            "run make bench-llm"
+        )
     data = httpx.get(sdist["url"], timeout=600, follow_redirects=True).raise_for_status().content
     if "sha256:" + hashlib.sha256(data).hexdigest() != sdist["hash"]:
         raise RuntimeError(f"{sdist['url']}: sha256 differs from uv.lock's")
-    staging = folder.with_name(f"{version}.partial")
-    with tarfile.open(fileobj=io.BytesIO(data), mode="r:gz") as archive:
-        for member in archive.getmembers():
-            _, _, inner = member.name.partition("/vendor/llama.cpp/")
-            if member.isfile() and inner.startswith(CONVERTER_PARTS):
-                member.name = inner
-                archive.extract(member, staging, filter="data")
-    staging.rename(folder)
+    CACHE.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(dir=CACHE, prefix=f"{version}."))
+    try:
+        with tarfile.open(fileobj=io.BytesIO(data), mode="r:gz") as archive:
+            for member in archive.getmembers():
+                _, _, inner = member.name.partition("/vendor/llama.cpp/")
+                if member.isfile() and inner.startswith(CONVERTER_PARTS):
+                    member.name = inner
+                    archive.extract(member, staging, filter="data")
+        if not (staging / "convert_hf_to_gguf.py").is_file():
+            raise RuntimeError(f"{sdist['url']} has no vendor/llama.cpp/convert_hf_to_gguf.py")
+        shutil.rmtree(folder, ignore_errors=True)  # an incomplete copy from an earlier run
+        staging.rename(folder)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
     return folder
 
 
@@ -138,6 +155,14 @@ def _convert_main(source: Path, checkpoint: Path, outtype: str, out: Path) -> No
     convert_hf_to_gguf.main()
 
 
+def _silent(level: int, text: bytes, data: object) -> None:
+    """llama.cpp's log callback: its model-loading chatter is not the benchmark's output."""
+
+
+# The ctypes callback llama.cpp holds on to: module-level, so it outlives every call into it.
+_QUIET = None
+
+
 def _measure_main(gguf: Path, ids: tuple[int, ...], streams: int, new: int, threads: int) -> None:
     """Load ``gguf``, warm up, time one run and print its figures as JSON."""
     import ctypes
@@ -145,8 +170,9 @@ def _measure_main(gguf: Path, ids: tuple[int, ...], streams: int, new: int, thre
     import llama_cpp as ll
     import numpy as np
 
-    quiet = ll.llama_log_callback(lambda level, text, data: None)  # kept alive while loaded
-    ll.llama_log_set(quiet, None)
+    global _QUIET
+    _QUIET = ll.llama_log_callback(_silent)
+    ll.llama_log_set(_QUIET, None)
     ll.llama_backend_init()
     model = ll.llama_model_load_from_file(str(gguf).encode(), ll.llama_model_default_params())
     if not model:
@@ -160,7 +186,7 @@ def _measure_main(gguf: Path, ids: tuple[int, ...], streams: int, new: int, thre
     if not context:
         raise SystemExit(f"llama.cpp could not make a context for {gguf}")
     n_vocab = ll.llama_vocab_n_tokens(ll.llama_model_get_vocab(model))
-    batch = ll.llama_batch_init(params.n_batch, 0, streams)
+    batch = ll.llama_batch_init(params.n_batch, 0, 1)  # one sequence id per token
 
     def put(i: int, token: int, position: int, sequence: int, logits: bool) -> None:
         batch.token[i] = token
@@ -206,6 +232,7 @@ def _measure_main(gguf: Path, ids: tuple[int, ...], streams: int, new: int, thre
     ll.llama_batch_free(batch)
     ll.llama_free(context)
     ll.llama_model_free(model)
+    ll.llama_backend_free()
 
 
 def main() -> None:
