@@ -25,7 +25,7 @@ import tempfile
 import threading
 import time
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal
 
@@ -55,6 +55,10 @@ PAGES = ("first", "all")
 # (``snap_to_row``, within a few hundredths of a height) gets the middle of the trained range.
 _PAD_ENDS = 0.45
 _PAD_SNAPPED = 0.25
+# Boxes per field and turn kept from the detector (best first), and the most read in place of
+# a field's box that breaks its rule.
+_POOL = 6
+_ALTERNATES = 4
 _PAD_SIDES = 0.15
 
 
@@ -96,6 +100,9 @@ class Settings(BaseModel):
     register_model: str  # CRNN reader of the register number: .onnx or .pth
     subject_model: str  # CRNN reader of the subject code (the same file is loaded once)
     detector_confidence: float = Field(0.25, gt=0, lt=1)  # least score of a detected field
+    # Least score of a box read in place of a field whose boxes break its rule or were not
+    # found; such a box is taken only if its reading follows the rule.
+    alternate_confidence: float = Field(0.05, gt=0, lt=1)
     # A candidate orientation whose two fields both score this much is taken without trying the
     # other one.
     orientation_confidence: float = Field(0.6, gt=0, lt=1)
@@ -120,6 +127,11 @@ class Settings(BaseModel):
         for name, rules in self.exam_types.items():
             if set(rules) != set(FIELDS):
                 raise ValueError(f"exam type {name!r} must give rules for exactly {FIELDS}")
+        if self.alternate_confidence > self.detector_confidence:
+            raise ValueError(
+                f"alternate_confidence {self.alternate_confidence} must not exceed "
+                f"detector_confidence {self.detector_confidence}"
+            )
         if set(self.thresholds) != set(FIELDS):
             raise ValueError(f"thresholds must give exactly {FIELDS}")
         for name, value in self.thresholds.items():
@@ -285,6 +297,9 @@ class Orientation:
     page: np.ndarray  # the page turned (RGB)
     turn: int  # degrees counter-clockwise: 0, 90, 180, 270
     found: dict[str, list[Detection]]  # candidate boxes per field, best first
+    # Every box of either field scoring at least the alternates' least score, best first: read
+    # only when a field's own boxes break its rule or are missing.
+    pool: list[Detection] = field(default_factory=list)
 
     @property
     def score(self) -> float:
@@ -805,8 +820,14 @@ class SheetReader:
             if turn == unlikely[0] and len(max(tried, key=lambda o: o.score).found) == len(FIELDS):
                 break
             page = quarter_turn(straight, turn)
-            found = self.detector.candidates(page, self.settings.detector_confidence)
-            tried.append(Orientation(page, turn, found))
+            low = self.detector.candidates(page, self.settings.alternate_confidence, _POOL)
+            found = {
+                name: kept
+                for name, boxes in low.items()
+                if (kept := [d for d in boxes if d.confidence >= self.settings.detector_confidence])
+            }
+            pool = sorted((d for boxes in low.values() for d in boxes), key=lambda d: -d.confidence)
+            tried.append(Orientation(page, turn, found, pool))
             if (
                 len(found) == len(FIELDS)
                 and min(c[0].confidence for c in found.values())
@@ -838,11 +859,13 @@ class SheetReader:
     ) -> PageResult:
         """Read and validate the fields on one turn of the page.
 
-        Each field is read from its best box; when that reading breaks the field's rule, the
-        field's next boxes are read too, and the first one whose reading follows the rule (and
-        is not the other field's box) is taken: the detector sometimes scores a date or seat
-        number row above the field, and the rule tells them apart where the few-pixel labels
-        cannot.
+        Each field is read from its best box. When that reading breaks the field's rule, or
+        the field was not found, other boxes are read: the field's next ones, then boxes of
+        either field down to ``alternate_confidence``, and the first whose reading follows the
+        rule (and is not the other field's box) is taken. The detector sometimes scores a date
+        or seat number row above the field, gives the field's row to the other class, or
+        scores it under ``detector_confidence``; the rule tells them apart where the few-pixel
+        labels cannot.
         """
         page, turn = turned.page, turned.turn
         gray = cv2.cvtColor(page, cv2.COLOR_RGB2GRAY)
@@ -850,14 +873,25 @@ class SheetReader:
         best = {name: snap_detection(gray, c[0]) for name, c in candidates.items()}
         readings = self._read(gray, list(best.values()), rules)
         chosen = {name: (best[name], readings[i]) for i, name in enumerate(best)}
-        for name, (_, reading) in list(chosen.items()):
-            if reading is not None and re.fullmatch(rules[name].pattern, reading[0]):
-                continue
-            others = [
-                c
-                for c in (snap_detection(gray, d) for d in candidates[name][1:])
-                if all(box_iou(c.box, d.box) <= 0.5 for n, (d, _) in chosen.items() if n != name)
-            ]
+        for name in FIELDS:
+            if name in chosen:
+                first, reading = chosen[name]
+                if reading is not None and re.fullmatch(rules[name].pattern, reading[0]):
+                    continue
+                listed = [first]
+            else:
+                listed = []
+            taken = [d.box for n, (d, _) in chosen.items() if n != name]
+            others: list[Detection] = []
+            for box in (*candidates.get(name, [])[1:], *turned.pool):
+                if len(others) == _ALTERNATES:
+                    break
+                if any(box_iou(box.box, d.box) > 0.5 for d in listed) or any(
+                    box_iou(box.box, t) > 0.5 for t in taken
+                ):
+                    continue
+                listed.append(box)
+                others.append(snap_detection(gray, replace(box, field=name)))
             for alt, alt_reading in zip(others, self._read(gray, others, rules), strict=True):
                 if alt_reading is not None and re.fullmatch(rules[name].pattern, alt_reading[0]):
                     chosen[name] = (alt, alt_reading)

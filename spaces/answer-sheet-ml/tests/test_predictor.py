@@ -23,6 +23,7 @@ from ctc import ALPHABET, greedy_decode
 from predictor import (
     CONFIG_PATH,
     FIELDS,
+    Detection,
     SheetReader,
     estimate_skew,
     load_settings,
@@ -115,6 +116,42 @@ def test_a_close_call_between_turns_is_settled_by_reading_them(reader, monkeypat
     assert body["rotation"] == 0
     for name in FIELDS:
         assert body[name]["value"] == truth["fields"][name]["text"]
+
+
+def test_a_field_given_to_the_other_class_under_the_least_score_is_still_read(reader, monkeypatch):
+    # A detector that, as on some sheets, puts the subject code's best box on a row that is
+    # not it and finds the subject code's row only as a weak register number box: the subject
+    # box reads against the rule, so the weak boxes of either class are read, and the one that
+    # follows the rule is taken.
+    real = reader.detector.candidates
+
+    def confused(image, min_confidence, k=3):
+        found = real(image, reader.settings.detector_confidence, 1)
+        if len(found) < len(FIELDS):  # not the upright page
+            return {}
+        register, subject = found["register_number"][0], found["subject_code"][0]
+        h, w = image.shape[:2]
+        elsewhere = Detection("subject_code", 0.9, (0.05 * w, 0.01 * h, 0.4 * w, 0.03 * h))
+        weak = replace(subject, field="register_number", confidence=0.1)
+        boxes = {"register_number": [register, weak], "subject_code": [elsewhere]}
+        return {
+            name: [d for d in ds if d.confidence >= min_confidence][:k]
+            for name, ds in boxes.items()
+        }
+
+    monkeypatch.setattr(reader.detector, "candidates", confused)
+    truth = TRUTH["sheet-upright.jpg"]
+    body = reader.extract((EXAMPLES / "sheet-upright.jpg").read_bytes()).to_json("first")
+    for name in FIELDS:
+        assert body[name]["value"] == truth["fields"][name]["text"]
+    assert body["subject_code"]["detection_confidence"] == pytest.approx(0.1)
+    # With alternates only down to the detector's own least score, the weak box is not read.
+    monkeypatch.setattr(
+        reader, "settings", reader.settings.model_copy(update={"alternate_confidence": 0.25})
+    )
+    body = reader.extract((EXAMPLES / "sheet-upright.jpg").read_bytes()).to_json("first")
+    assert body["subject_code"]["value"] != truth["fields"]["subject_code"]["text"]
+    assert body["needs_review"]
 
 
 @pytest.mark.parametrize("turn", [0, 90, 180, 270])
@@ -284,6 +321,12 @@ def test_configuration_errors_name_the_setting(tmp_path):
         load_settings(CONFIG_PATH, [Override("MAX_PAGES", ("max_pages",), "0")])
     with pytest.raises(ConfigError, match="default_exam_type 'other' is not one of exam_types"):
         load_settings(CONFIG_PATH, [Override("DEFAULT_EXAM_TYPE", ("default_exam_type",), "other")])
+    low = tmp_path / "low.yaml"
+    low.write_text(
+        CONFIG_PATH.read_text().replace("alternate_confidence: 0.05", "alternate_confidence: 0.5")
+    )
+    with pytest.raises(ConfigError, match=r"alternate_confidence 0\.5 must not exceed"):
+        load_settings(low)
     bad = tmp_path / "config.yaml"
     bad.write_text(CONFIG_PATH.read_text().replace("'^\\d{12}$'", "'^(\\d{12}$'"))
     with pytest.raises(ConfigError, match="not a regular expression"):
