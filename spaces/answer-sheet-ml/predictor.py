@@ -203,6 +203,10 @@ def _session(path: Path, threads: int | None) -> ort.InferenceSession:
     if threads:
         options.intra_op_num_threads = threads
     options.inter_op_num_threads = 1
+    # Idle pool threads sleep instead of spinning: with the API's concurrent requests on a
+    # few cores, spinning threads take the cores from the requests' decode and detection
+    # (make bench-answer-sheet: +17-20% pages/s at concurrency 8, the same at 1).
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     try:
         return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
     except Exception as e:  # onnxruntime raises its own exception types for bad files
@@ -294,7 +298,7 @@ class Detection:
 class Orientation:
     """One quarter turn of the straightened page and what the detector found on it."""
 
-    page: np.ndarray  # the page turned (RGB)
+    page: np.ndarray  # the page turned, full size, gray (what the readers read)
     turn: int  # degrees counter-clockwise: 0, 90, 180, 270
     found: dict[str, list[Detection]]  # candidate boxes per field, best first
     # Every box of either field scoring at least the alternates' least score, best first: read
@@ -353,12 +357,21 @@ class Detector:
         self.input = self.session.get_inputs()[0].name
         self.classes = field_classes(self.session.get_modelmeta().custom_metadata_map.get("names"))
 
-    def preprocess(self, image: np.ndarray) -> tuple[np.ndarray, float, tuple[int, int]]:
-        """Letterbox an RGB page to the input square: (tensor, scale, (pad_x, pad_y))."""
+    def shrink(self, image: np.ndarray) -> tuple[np.ndarray, float]:
+        """An RGB page scaled to fit the input square, and the factor from its pixels back to
+        the page's. Its quarter turns fit too: shrink once, then turn the small page."""
         h, w = image.shape[:2]
         scale = self.imgsz / max(h, w)
-        nw, nh = round(w * scale), round(h * scale)
-        resized = cv2.resize(image, (nw, nh), interpolation=cv2.INTER_AREA)
+        if scale == 1:
+            return image, 1.0
+        nw, nh = max(1, round(w * scale)), max(1, round(h * scale))
+        return cv2.resize(image, (nw, nh), interpolation=cv2.INTER_AREA), 1 / scale
+
+    def preprocess(self, image: np.ndarray) -> tuple[np.ndarray, float, tuple[int, int]]:
+        """Letterbox an RGB page to the input square: (tensor, scale, (pad_x, pad_y))."""
+        resized, factor = self.shrink(image)
+        scale = 1 / factor
+        nh, nw = resized.shape[:2]
         px, py = (self.imgsz - nw) // 2, (self.imgsz - nh) // 2
         canvas = np.full((self.imgsz, self.imgsz, 3), 114, np.uint8)
         canvas[py : py + nh, px : px + nw] = resized
@@ -396,6 +409,11 @@ class Detector:
             if picked:
                 found[name] = picked
         return found
+
+
+def scale_box(box: Sequence[float], factor: float) -> tuple[float, float, float, float]:
+    """An (x0, y0, x1, y1) box scaled by ``factor``."""
+    return (box[0] * factor, box[1] * factor, box[2] * factor, box[3] * factor)
 
 
 def box_iou(a: Sequence[float], b: Sequence[float]) -> float:
@@ -514,7 +532,8 @@ def estimate_skew(gray: np.ndarray, max_skew: float) -> float:
     the same whichever quarter turn the page is in."""
     h, w = gray.shape
     scale = 1000 / max(h, w)
-    small = cv2.resize(gray, (round(w * scale), round(h * scale)), interpolation=cv2.INTER_AREA)
+    size = (max(1, round(w * scale)), max(1, round(h * scale)))
+    small = cv2.resize(gray, size, interpolation=cv2.INTER_AREA)
     _, ink = cv2.threshold(small, 0, 1, cv2.THRESH_BINARY_INV + cv2.THRESH_OTSU)
     ys, xs = np.nonzero(ink)
     if len(xs) < 200:  # a blank page: nothing to straighten
@@ -579,9 +598,17 @@ def to_corrected(
     return pts
 
 
+_QUARTER_TURNS = {
+    90: cv2.ROTATE_90_COUNTERCLOCKWISE,
+    180: cv2.ROTATE_180,
+    270: cv2.ROTATE_90_CLOCKWISE,
+}
+
+
 def quarter_turn(image: np.ndarray, degrees: int) -> np.ndarray:
     """Rotate by 0, 90, 180 or 270 degrees counter-clockwise (exact, no resampling)."""
-    return np.ascontiguousarray(np.rot90(image, degrees // 90))
+    degrees %= 360
+    return image if degrees == 0 else cv2.rotate(image, _QUARTER_TURNS[degrees])
 
 
 # --- results -----------------------------------------------------------------------------------
@@ -807,9 +834,12 @@ class SheetReader:
     def orient(self, rgb: np.ndarray) -> tuple[list[Orientation], float]:
         """Deskew, then try quarter turns until one finds both fields confidently; returns the
         turns tried, best detection score first, and the deskew angle."""
-        gray = cv2.cvtColor(rgb, cv2.COLOR_RGB2GRAY)
-        angle = estimate_skew(gray, self.settings.max_skew)
+        angle = estimate_skew(cv2.cvtColor(rgb, cv2.COLOR_RGB2GRAY), self.settings.max_skew)
         straight = rotate(rgb, -angle)
+        # Each turn is made of the readers' page (full size, gray) and of the detector's (its
+        # input size): the full-size colour page is shrunk once, not turned.
+        gray = cv2.cvtColor(straight, cv2.COLOR_RGB2GRAY)
+        small, factor = self.detector.shrink(straight)
         h, w = straight.shape[:2]
         # Sheets are portrait: a landscape image is most likely a sideways page, one way or the
         # other; the other two turns are tried only when neither finds both fields (a photo
@@ -819,8 +849,13 @@ class SheetReader:
         for turn in (*likely, *unlikely):
             if turn == unlikely[0] and len(max(tried, key=lambda o: o.score).found) == len(FIELDS):
                 break
-            page = quarter_turn(straight, turn)
-            low = self.detector.candidates(page, self.settings.alternate_confidence, _POOL)
+            low = {
+                name: [replace(d, box=scale_box(d.box, factor)) for d in boxes]
+                for name, boxes in self.detector.candidates(
+                    quarter_turn(small, turn), self.settings.alternate_confidence, _POOL
+                ).items()
+            }
+            page = quarter_turn(gray, turn)
             found = {
                 name: kept
                 for name, boxes in low.items()
@@ -847,6 +882,17 @@ class SheetReader:
         characters upside down.
         """
         tried, deskew = self.orient(rgb)
+        return self.read_oriented(tried, number, deskew, rules)
+
+    def read_oriented(
+        self,
+        tried: Sequence[Orientation],
+        number: int,
+        deskew: float,
+        rules: Mapping[str, FieldRule],
+    ) -> PageResult:
+        """The fields of a page :meth:`orient` turned: its best turn, or the runner-up when
+        that reads better (see :meth:`read_page`)."""
         best = self._read_turn(tried[0], number, deskew, rules)
         if len(tried) > 1 and tried[1].found:
             other = self._read_turn(tried[1], number, deskew, rules)
@@ -867,8 +913,7 @@ class SheetReader:
         scores it under ``detector_confidence``; the rule tells them apart where the few-pixel
         labels cannot.
         """
-        page, turn = turned.page, turned.turn
-        gray = cv2.cvtColor(page, cv2.COLOR_RGB2GRAY)
+        gray, turn = turned.page, turned.turn
         candidates = turned.found  # snapped only when read: most pages read just the best
         best = {name: snap_detection(gray, c[0]) for name, c in candidates.items()}
         readings = self._read(gray, list(best.values()), rules)
@@ -914,7 +959,7 @@ class SheetReader:
                 valid=valid,
                 accepted=valid and confidence >= self.settings.thresholds[name],
             )
-        h, w = page.shape[:2]
+        h, w = gray.shape[:2]
         return PageResult(number, fields, turn, deskew, (w, h))
 
     def _read(

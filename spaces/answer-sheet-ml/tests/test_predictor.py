@@ -14,7 +14,7 @@ import cv2
 import numpy as np
 import pytest
 import torch
-from hypothesis import given, settings
+from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
@@ -27,8 +27,10 @@ from predictor import (
     SheetReader,
     estimate_skew,
     load_settings,
+    quarter_turn,
     resolve_file,
     rotate,
+    scale_box,
     snap_to_row,
     to_corrected,
 )
@@ -290,6 +292,41 @@ def test_corrected_coordinates_follow_the_rotation():
         ys, xs = np.nonzero(out[..., 0] < 128)
         ((x, y),) = to_corrected(np.array([[32.0, 52.0]]), image.shape, deskew, turn)
         assert math.hypot(x - xs.mean(), y - ys.mean()) < 2
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    st.integers(1, 2400),
+    st.integers(1, 2400),
+    st.sampled_from([(), (3,)]),
+    st.sampled_from([0, 90, 180, 270]),
+    st.integers(0, 2**32 - 1),
+)
+def test_the_detector_sees_each_turn_as_the_turned_page_shrunk(reader, h, w, channels, turn, seed):
+    # orient shrinks a page once and turns the small page: that must be the turned page
+    # shrunk (up to rounding), and a box found on it must scale back onto the turned page.
+    assume(max(h, w) > reader.detector.imgsz)  # pages are shrunk, never enlarged
+    image = np.random.default_rng(seed).integers(0, 256, (h, w, *channels), dtype=np.uint8)
+    turned = quarter_turn(image, turn)
+    assert np.array_equal(turned, np.rot90(image, turn // 90))
+    small, factor = reader.detector.shrink(image)
+    direct, direct_factor = reader.detector.shrink(turned)
+    assert factor == pytest.approx(direct_factor)
+    assert max(small.shape[:2]) == reader.detector.imgsz
+    assert quarter_turn(small, turn).shape == direct.shape
+    assert np.abs(quarter_turn(small, turn).astype(int) - direct.astype(int)).max() <= 1
+    sh, sw = small.shape[:2]
+    assert scale_box((0, 0, sw, sh), factor) == pytest.approx((0, 0, w, h), abs=factor)
+
+
+@pytest.mark.parametrize("shape", [(1, 2000), (2000, 1), (1, 1)])
+def test_a_page_a_pixel_thin_has_no_fields_and_needs_review(reader, shape):
+    # Shrunk to the detector's or the deskew's size, a side of under half a pixel once made
+    # OpenCV raise (a 500 from /extract).
+    blank = Image.fromarray(np.full(shape, 255, np.uint8))
+    body = reader.extract(png(blank)).to_json("first")
+    assert body["needs_review"]
+    assert body["register_number"]["value"] is None
 
 
 @settings(max_examples=100, deadline=None)
