@@ -5,10 +5,16 @@ raw 16-bit PCM to stdout, so every format ffmpeg knows works without Python code
 untrusted, so the decoder is boxed in: a size cap before ffmpeg starts, a whitelist of audio
 containers and of I/O protocols (no playlists, no URLs), a wall-clock timeout, and a duration cap
 that stops decoding early instead of filling memory.
+
+A WAV file that is already what ffmpeg would write (16-bit PCM, one channel, at the requested
+rate) is read in process instead, by the standard library's ``wave``: ffmpeg would only copy its
+samples, and starting it costs tens of milliseconds, more than a short command's VAD and intent
+together. Every other file, and any WAV that ``wave`` does not read, goes to ffmpeg.
 """
 
 from __future__ import annotations
 
+import io
 import logging
 import math
 import os
@@ -16,6 +22,7 @@ import re
 import stat
 import subprocess
 import tempfile
+import wave
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -98,8 +105,6 @@ def decode_audio(
     """
     if sample_rate <= 0:
         raise ValueError(f"sample_rate must be a positive number of Hz, got {sample_rate!r}")
-    max_samples = round(limits.max_seconds * sample_rate)
-    allowed_samples = max_samples + round(_PADDING_TOLERANCE_S * sample_rate)
     # Decode a little past what is allowed, and no more: enough to tell "too long" without
     # decoding (and holding) the rest of an hour-long file.
     keep_seconds = limits.max_seconds + (0.0 if truncate else _PADDING_TOLERANCE_S + 0.01)
@@ -107,6 +112,9 @@ def decode_audio(
     if isinstance(source, bytes | bytearray | memoryview):
         data = bytes(source)
         _check_size(len(data), limits)
+        plain = _plain_wav(data, sample_rate)
+        if plain is not None:
+            return _checked(plain, sample_rate, limits, truncate, plain.size / sample_rate)
         # A private temporary file rather than a pipe: ffmpeg cannot seek on a pipe, which
         # loses the duration of wav/mp3/ogg (needed for the too-long message) and breaks
         # m4a/mp4 whose index sits at the end of the file.
@@ -123,20 +131,60 @@ def decode_audio(
         if not stat.S_ISREG(info.st_mode):
             raise AudioInputError(f"audio path is not a regular file: {path}")
         _check_size(info.st_size, limits)
+        with path.open("rb") as f:
+            riff = _is_riff_wave(f.read(12))
+        plain = _plain_wav(path.read_bytes(), sample_rate) if riff else None
+        if plain is not None:
+            return _checked(plain, sample_rate, limits, truncate, plain.size / sample_rate)
         output, log = _run_ffmpeg(path, keep_seconds, sample_rate, limits)
     else:
         raise TypeError(f"source must be bytes or a path, not {type(source).__name__}")
 
     # s16le frames are 2 bytes; do not trust a subprocess to stop on a frame boundary.
     pcm = np.frombuffer(output[: len(output) // 2 * 2], dtype=np.int16)
+    return _checked(pcm, sample_rate, limits, truncate, _header_duration(log))
+
+
+def _checked(
+    pcm: np.ndarray,
+    sample_rate: int,
+    limits: AudioLimits,
+    truncate: bool,
+    duration: float | None,
+) -> np.ndarray:
+    """int16 samples to float32 in [-1, 1), checked against the limits; ``duration`` is the
+    whole file's, for the too-long message (None when unknown)."""
+    max_samples = round(limits.max_seconds * sample_rate)
     if pcm.size == 0:
         raise AudioInputError("could not decode audio: the file contains no samples")
-    if pcm.size > allowed_samples and not truncate:
-        raise AudioInputError(_too_long_message(log, limits.max_seconds))
+    if pcm.size > max_samples + round(_PADDING_TOLERANCE_S * sample_rate) and not truncate:
+        raise AudioInputError(_too_long_message(duration, limits.max_seconds))
     pcm = pcm[:max_samples]
     samples = pcm.astype(np.float32) / 32768.0  # int16 -> [-1, 1)
     logger.debug("decoded %.2f s of audio at %d Hz", samples.size / sample_rate, sample_rate)
     return samples
+
+
+def _is_riff_wave(head: bytes) -> bool:
+    return head[:4] == b"RIFF" and head[8:12] == b"WAVE"
+
+
+def _plain_wav(data: bytes, sample_rate: int) -> np.ndarray | None:
+    """The samples of a WAV file ffmpeg would only copy (16-bit PCM, mono, at ``sample_rate``),
+    or None for any other file."""
+    if not _is_riff_wave(data[:12]):
+        return None
+    try:
+        with wave.open(io.BytesIO(data)) as w:
+            if (w.getnchannels(), w.getsampwidth(), w.getframerate()) != (1, 2, sample_rate):
+                return None
+            expected = w.getnframes()
+            frames = w.readframes(expected)
+    except Exception:  # a WAV wave does not read (float, extensible, damaged): ffmpeg's call
+        return None
+    if expected == 0 or len(frames) != 2 * expected:  # a streamed or cut header: ffmpeg's call
+        return None
+    return np.frombuffer(frames, dtype="<i2")
 
 
 def audio_duration(samples: np.ndarray, sample_rate: int) -> float:
@@ -223,8 +271,7 @@ def _run_ffmpeg(
     return output, log
 
 
-def _too_long_message(log: list[str], max_seconds: float) -> str:
-    duration = _header_duration(log)
+def _too_long_message(duration: float | None, max_seconds: float) -> str:
     if duration is not None and duration > max_seconds:
         # Rounded up, so a file just over the limit never reads as "30.0 s; the limit is 30 s".
         length = f"{math.ceil(duration * 10) / 10:.1f} s long"

@@ -59,6 +59,11 @@ def fixtures(tmp_path_factory) -> dict[str, Path]:
         folder / "video.mkv", "testsrc=size=32x32:rate=1:duration=1", "-c:v", "ffv1"
     )
     files["no_samples"] = _make(folder / "empty.wav", sine, "-t", "0")
+    # What ffmpeg itself writes: 16-bit PCM, mono, 16 kHz (read without ffmpeg).
+    files["wav16k"] = _make(folder / "sine16k.wav", sine, "-ar", "16000", "-ac", "1")
+    files["long16k"] = _make(
+        folder / "long16k.wav", f"sine=frequency={SINE_HZ}:duration=3", "-ar", "16000"
+    )
     return files
 
 
@@ -198,6 +203,46 @@ def test_missing_ffmpeg_says_how_to_install_it(fixtures, monkeypatch, tmp_path):
         decode_audio(fixtures["wav"])
 
 
+def _through_ffmpeg(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr("shared.audio._plain_wav", lambda data, sample_rate: None)
+
+
+@pytest.mark.parametrize("as_bytes", [False, True])
+def test_a_wav_ffmpeg_would_only_copy_is_read_without_it(fixtures, monkeypatch, tmp_path, as_bytes):
+    source = fixtures["wav16k"].read_bytes() if as_bytes else fixtures["wav16k"]
+    with monkeypatch.context() as m:
+        _through_ffmpeg(m)
+        expected = decode_audio(source)
+    monkeypatch.setenv("PATH", str(tmp_path))  # no ffmpeg to be found
+    samples = decode_audio(source)
+    assert samples.dtype == np.float32 and samples.size == 16_000
+    assert np.array_equal(samples, expected)  # the very samples ffmpeg writes
+
+
+def test_a_wav_read_without_ffmpeg_keeps_the_limits(fixtures, monkeypatch, tmp_path):
+    monkeypatch.setenv("PATH", str(tmp_path))
+    limits = AudioLimits(max_seconds=1)
+    with pytest.raises(AudioInputError, match=r"audio is 3\.0 s long; the limit is 1 s"):
+        decode_audio(fixtures["long16k"], limits=limits)
+    assert decode_audio(fixtures["long16k"], limits=limits, truncate=True).size == 16_000
+
+
+@pytest.mark.parametrize("change", ["cut", "streamed"])
+def test_a_wav_whose_header_does_not_match_its_data_decodes_as_ffmpeg_decodes_it(
+    fixtures, monkeypatch, change
+):
+    data = fixtures["wav16k"].read_bytes()
+    at = data.index(b"data") + 8  # the samples, after the data chunk's id and size
+    changed = {
+        "cut": data[: at + 8_000],  # fewer samples than the header says
+        "streamed": data[: at - 4] + b"\x00\x00\x00\x00" + data[at:],  # no data size
+    }[change]
+    with monkeypatch.context() as m:
+        _through_ffmpeg(m)
+        expected = decode_audio(changed)
+    assert np.array_equal(decode_audio(changed), expected)
+
+
 def test_invalid_arguments_are_programming_errors():
     with pytest.raises(ValueError, match="max_seconds must be positive"):
         AudioLimits(max_seconds=0)
@@ -214,7 +259,7 @@ _PREFIXES = [b"", b"RIFF\x24\x00\x00\x00WAVEfmt ", b"OggS\x00\x02", b"fLaC", b"I
 @st.composite
 def _damaged(draw: st.DrawFn, files: dict[str, Path]) -> bytes:
     """A valid 1 s file with a few bytes overwritten, to reach the decoders."""
-    data = bytearray(files[draw(st.sampled_from(sorted(CONTAINERS)))].read_bytes())
+    data = bytearray(files[draw(st.sampled_from([*sorted(CONTAINERS), "wav16k"]))].read_bytes())
     for _ in range(draw(st.integers(1, 16))):
         data[draw(st.integers(0, len(data) - 1))] = draw(st.integers(0, 255))
     return bytes(data)

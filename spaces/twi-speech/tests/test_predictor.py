@@ -123,6 +123,20 @@ def test_the_multitask_intent_comes_from_the_head_on_the_same_encoder_output(mod
     assert np.allclose(logits, expected, atol=0.15)
 
 
+def test_a_batch_reads_as_each_clip_alone(models, clips, tmp_path):
+    predictor = load(models["multi"], tmp_path)
+    spoken = next(synth.render([("Kyerɛ me me kɛntɛn no", "show_cart")], languages=["sw"],
+                               per_utterance=1, seed=1))  # fmt: skip
+    synth.write_wav(tmp_path / "other.wav", spoken.audio)
+    items = [AudioInput(clips["speech"]), AudioInput((tmp_path / "other.wav").read_bytes())]
+    alone = [run(predictor, item)[0] for item in items]
+    together = run(predictor, *items)
+    keys = ("transcription", "intent", "no_speech")
+    for a, b in zip(alone, together, strict=True):
+        assert [a[k] for k in keys] == [b[k] for k in keys]
+        assert a["confidence"] == pytest.approx(b["confidence"], abs=1e-3)
+
+
 def test_a_multitask_model_without_labels_falls_back_to_the_text_classifier(models, clips,
                                                                            tmp_path):  # fmt: skip
     predictor = load(models["multi-no-labels"], tmp_path)
