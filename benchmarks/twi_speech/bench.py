@@ -566,8 +566,7 @@ def bounds(rows: dict[str, Row], stages: dict[str, tuple[str, float, float]],
         f"{1000 / served:.2f} clips/s, {space / served:.2f}x the sequential Space. Encoding the "
         "clips of a batch one at a time and batching only the decoder would allow at most "
         f"{1000 / (ms['encoder'] + ms['decoder_batch']):.2f} clips/s (an estimate from the "
-        "stage times; tried on 2026-12-06: 0.96 clips/s against 0.99 with the batch encoded "
-        "together, in the same run, so not adopted).",
+        "stage times; see the notes for when it was tried).",
     ]
 
 
@@ -694,6 +693,10 @@ def report(rows: list[Row], stages: dict[str, tuple[str, float, float]],
 
 
 NOTES = """\
+- Tried on 2026-12-06 and not adopted: encoding the clips of a batch one at a time and batching
+  only the decoder (the 2026-12-02 stage times had the batch-8 encoder at 515 ms per clip
+  against 423 alone). In one run of this benchmark it served 0.96 clips/s at concurrency 8
+  against 0.99 with the batch encoded together.
 - The Space runs its VAD (Silero, faster-whisper's) and a decode in every preprocess (the
   clips here are 16 kHz mono 16-bit WAV, which `shared.audio` reads in process; any other file
   or rate goes through an ffmpeg subprocess, timed in the stage table);
